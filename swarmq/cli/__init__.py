@@ -1,0 +1,5 @@
+"""The ``swarmq`` command line (``swarmq --help``)."""
+
+from swarmq.cli._commands import main
+
+__all__ = ["main"]

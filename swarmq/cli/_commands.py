@@ -1,0 +1,186 @@
+"""The ``swarmq`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from swarmq.cli._output import console, err_console, final_table, fmt, search_progress, summary_table
+from swarmq.errors import SwarmqError
+from swarmq.settings import Settings, load_settings
+
+
+class _Group(click.Group):
+    """Prints swarmq's own errors as one clear line (exit status 2), without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SwarmqError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.option("--db", "database_url", envvar="SWARMQ_DATABASE_URL", help="SQLAlchemy URL of the record (default: SQLite in ./.swarmq).")
+@click.option("--artifacts", envvar="SWARMQ_ARTIFACTS", type=click.Path(file_okay=False), help="Artifact store folder (default: ./.swarmq/artifacts).")
+@click.version_option(package_name="swarmq")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None, artifacts: str | None) -> None:
+    """swarmq: Model Swarms search over LLM expert adapters, crash-safe and resumable."""
+    ctx.obj = load_settings(database_url, artifacts)
+
+
+def _runner(settings: Settings) -> Any:
+    from swarmq.execution import EmbeddedRunner
+
+    return EmbeddedRunner(settings)
+
+
+def _drive(runner: Any, search_id: str, quiet: bool) -> None:
+    with search_progress(runner.runtime.db, search_id, enabled=not quiet) as refresh:
+        runner.drive(search_id, on_message=refresh)
+    _print_result(runner.runtime.db, search_id)
+
+
+def _print_result(db: Any, search_id: str) -> None:
+    from swarmq.engine import final_report, search_summary
+
+    s = search_summary(db, search_id)
+    console.print(f"search [bold]{s.id}[/] {s.status}: {s.stop_reason or ''}", highlight=False)
+    report = final_report(db, search_id)
+    if report is not None:
+        console.print(final_table(report))
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def run(settings: Settings, config: Path, quiet: bool) -> None:
+    """Run the search in CONFIG to completion, in this process."""
+    from swarmq.config import load_config
+
+    cfg = load_config(config)
+    runner = _runner(settings)
+    search_id = runner.submit(cfg)
+    err_console.print(f"search [bold]{search_id}[/] created (resume with: swarmq resume {search_id})", highlight=False)
+    _drive(runner, search_id, quiet)
+
+
+@main.command()
+@click.argument("search_id")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def resume(settings: Settings, search_id: str, quiet: bool) -> None:
+    """Continue SEARCH from where the database says it stopped."""
+    runner = _runner(settings)
+    _drive(runner, search_id, quiet)
+
+
+@main.command()
+@click.argument("search_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
+    """Show all searches, or one search in detail."""
+    from swarmq.engine import best_history, final_report, list_searches, search_summary, utility_histories
+    from swarmq.storage import Database
+
+    db = Database(settings.database_url)
+    db.check_schema(create=True)
+    if search_id is None:
+        rows = list_searches(db)
+        if as_json:
+            click.echo(json.dumps([_summary_dict(r) for r in rows], indent=2))
+        elif not rows:
+            console.print(f"no searches in {db.describe()}", highlight=False)
+        else:
+            console.print(summary_table(rows))
+        return
+    s = search_summary(db, search_id)
+    histories = utility_histories(db, search_id)
+    report = final_report(db, search_id)
+    if as_json:
+        out = _summary_dict(s) | {"best_history": best_history(db, search_id), "utility_histories": histories}
+        if report is not None:
+            out["final"] = {
+                "best_expert": vars(report.best_expert),
+                "global_best": vars(report.global_best),
+            }
+        click.echo(json.dumps(out, indent=2))
+        return
+    console.print(summary_table([s]))
+    if s.stop_reason:
+        console.print(f"stopped: {s.stop_reason}", highlight=False)
+    for i, h in enumerate(histories):
+        console.print(f"particle {i:3d}: " + " ".join(fmt(u) for u in h[-12:]), highlight=False)
+    if report is not None:
+        console.print(final_table(report))
+
+
+def _summary_dict(s: Any) -> dict[str, Any]:
+    d = dict(vars(s))
+    d["created_at"] = s.created_at.isoformat()
+    d["finished_at"] = None if s.finished_at is None else s.finished_at.isoformat()
+    return d
+
+
+@main.command()
+@click.argument("search_id")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous export in that folder.")
+@click.pass_obj
+def export(settings: Settings, search_id: str, out_dir: Path, overwrite: bool) -> None:
+    """Write the global best of SEARCH as a peft adapter folder."""
+    from swarmq.engine import Runtime, global_best_position
+    from swarmq.execution import LocalQueue
+    from swarmq.storage import Database, LocalArtifactStore
+    from swarmq.weights import export_adapter
+
+    db = Database(settings.database_url)
+    db.check_schema()
+    rt = Runtime(db, LocalArtifactStore(settings.artifacts), LocalQueue())
+    layout, vector, adapter_config, info = global_best_position(rt, search_id)
+    path = export_adapter(layout, vector, out_dir, adapter_config, metadata=info, overwrite=overwrite)
+    console.print(f"exported the global best (utility {info['swarmq_utility']}) to {path}", highlight=False)
+
+
+@main.command()
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), help="Where the demo's model, experts and data are built (default: ~/.cache/swarmq/demo).")
+@click.option("--rebuild", is_flag=True, help="Build the demo assets again even if cached.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def demo(settings: Settings, cache_dir: Path | None, rebuild: bool, quiet: bool) -> None:
+    """Build a tiny offline model, four experts and a new task, then run a swarm on it."""
+    from swarmq.config import load_config
+    from swarmq.demo import build_demo_assets, default_cache_dir
+
+    root = cache_dir or default_cache_dir()
+    assets = build_demo_assets(root, progress=lambda msg: err_console.print(f"[dim]{msg}[/]"), force=rebuild)
+    cfg = load_config(assets.config_path)
+    runner = _runner(settings)
+    search_id = runner.submit(cfg)
+    err_console.print(f"demo search [bold]{search_id}[/] created", highlight=False)
+    _drive(runner, search_id, quiet)
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_obj
+def db_upgrade(settings: Settings, revision: str) -> None:
+    """Create or upgrade the database schema."""
+    from swarmq.storage import Database
+
+    database = Database(settings.database_url)
+    database.upgrade(revision)
+    console.print(f"{database.describe()} is at revision {database.current_revision()}", highlight=False)

@@ -1,0 +1,89 @@
+"""Console output shared by the commands: the progress bar and result tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from swarmq.engine import FinalReport, SearchSummary, search_summary
+from swarmq.storage import Database
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@contextmanager
+def search_progress(db: Database, search_id: str, *, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """A progress bar over iterations, showing the best utility and evaluations done."""
+    summary = search_summary(db, search_id)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("iter [cyan]{task.fields[iteration]}[/]"),
+        TextColumn("best [green]{task.fields[best]}[/]"),
+        TextColumn("evals {task.fields[evals]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not enabled,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task(
+            summary.name, total=summary.max_iterations + 1, iteration=summary.iteration, best=fmt(summary.best_utility), evals="0"
+        )
+
+        def refresh(*_args: Any) -> None:
+            s = search_summary(db, search_id)
+            applied = s.iteration + (1 if s.status != "running" else 0)
+            progress.update(
+                task,
+                completed=min(applied, s.max_iterations + 1),
+                iteration=s.iteration,
+                best=fmt(s.best_utility),
+                evals=f"{s.evaluations_done}/{s.evaluations_total}",
+            )
+
+        refresh()
+        yield refresh
+        s = search_summary(db, search_id)
+        if s.status != "running":
+            progress.update(task, total=s.iteration + 1, completed=s.iteration + 1)
+        refresh()
+
+
+def summary_table(rows: list[SearchSummary]) -> Table:
+    table = Table(title="searches")
+    for col in ("id", "name", "status", "iteration", "best", "evaluations", "created"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.id,
+            r.name,
+            r.status,
+            f"{r.iteration}/{r.max_iterations}",
+            fmt(r.best_utility),
+            f"{r.evaluations_done}/{r.evaluations_total}",
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    return table
+
+
+def final_table(report: FinalReport) -> Table:
+    table = Table(title="result")
+    table.add_column("")
+    table.add_column("dev", justify="right")
+    table.add_column("test", justify="right")
+    for pos in (report.best_expert, report.global_best):
+        table.add_row(pos.label, fmt(pos.dev), fmt(pos.test))
+    return table

@@ -1,0 +1,49 @@
+"""The search engine: create, evaluate, coordinate and recover searches over the database.
+
+Every operation here is a function of ids and a :class:`Runtime`; Celery tasks are thin
+wrappers around them (see :mod:`swarmq.execution`).
+"""
+
+from swarmq.engine._coordinate import CoordinationResult, coordinate_iteration
+from swarmq.engine._create import create_search
+from swarmq.engine._evaluate import Outcome, run_evaluation, worker_name
+from swarmq.engine._queries import (
+    FinalReport,
+    ScoredPosition,
+    SearchSummary,
+    best_history,
+    final_report,
+    global_best_position,
+    list_searches,
+    search_summary,
+    utility_histories,
+)
+from swarmq.engine._recover import Work, pending_work, reopen_search, send_work
+from swarmq.engine._runtime import Dispatcher, Runtime, current_runtime, install_runtime, runtime_from_settings
+
+__all__ = [
+    "CoordinationResult",
+    "Dispatcher",
+    "FinalReport",
+    "Outcome",
+    "Runtime",
+    "ScoredPosition",
+    "SearchSummary",
+    "Work",
+    "best_history",
+    "coordinate_iteration",
+    "create_search",
+    "current_runtime",
+    "final_report",
+    "global_best_position",
+    "install_runtime",
+    "list_searches",
+    "pending_work",
+    "reopen_search",
+    "run_evaluation",
+    "runtime_from_settings",
+    "search_summary",
+    "send_work",
+    "utility_histories",
+    "worker_name",
+]

@@ -1,0 +1,121 @@
+"""Small helpers shared by the engine's operations (each runs inside the caller's transaction)."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from swarmq.config import SearchConfig
+from swarmq.errors import NotFoundError, UtilityError
+from swarmq.storage import Artifact, ArtifactStore, SearchRow
+from swarmq.swarm import SwarmParams
+from swarmq.weights import Layout
+
+__all__ = [
+    "new_search_id",
+    "params_of",
+    "put_vectors_in_txn",
+    "require_finite",
+    "search_in_txn",
+]
+
+
+def new_search_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def params_of(config: SearchConfig) -> SwarmParams:
+    """The pure algorithm's parameters from a search configuration."""
+    s = config.swarm
+    return SwarmParams(
+        inertia=s.inertia,
+        cognitive=s.cognitive,
+        social=s.social,
+        repel=s.repel,
+        step_length=s.step_length,
+        step_length_factor=s.step_length_factor,
+        min_step_length=s.min_step_length,
+        patience=s.patience,
+        max_iterations=config.search.max_iterations,
+        restart_patience=s.restart_patience,
+        random_weights=s.random_weights,
+        initial_velocity=s.initial_velocity,
+        repel_term=s.repel_term,
+        restart=s.restart,
+        dropout_k=s.dropout_k,
+        dropout_n=s.dropout_n,
+    )
+
+
+@lru_cache(maxsize=64)
+def config_of(config_json: str) -> SearchConfig:
+    """Parse a recorded configuration once per process."""
+    return SearchConfig.from_json(config_json)
+
+
+@lru_cache(maxsize=64)
+def layout_of(layout_json: str) -> Layout:
+    return Layout.from_json(layout_json)
+
+
+def adapter_config_of(text: str | None) -> dict[str, Any] | None:
+    return None if text is None else json.loads(text)
+
+
+def search_in_txn(session: Session, search_id: str, *, lock: bool = False) -> SearchRow:
+    """The search row, or :class:`NotFoundError` naming the id."""
+    stmt = select(SearchRow).where(SearchRow.id == search_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = session.scalars(stmt).one_or_none()
+    if row is None:
+        raise NotFoundError(f"search {search_id!r} does not exist; `swarmq status` lists the searches")
+    return row
+
+
+def put_vectors_in_txn(
+    session: Session, store: ArtifactStore, vectors: Iterable[tuple[str, np.ndarray]]
+) -> list[str]:
+    """Write vectors to the store (durably, first) and record them; returns their hashes.
+
+    ``vectors`` yields ``(kind, array)``. The rows are inserted with "on conflict do nothing",
+    since equal arrays share one artifact.
+    """
+    hashes: list[str] = []
+    rows: dict[str, dict[str, Any]] = {}
+    for kind, vec in vectors:
+        digest = store.put_vector(vec)
+        hashes.append(digest)
+        rows.setdefault(digest, {"hash": digest, "kind": kind, "nbytes": int(vec.nbytes)})
+    if rows:
+        dialect = session.get_bind().dialect.name
+        values = list(rows.values())
+        if dialect == "postgresql":
+            session.execute(pg_insert(Artifact).values(values).on_conflict_do_nothing())
+        elif dialect == "sqlite":
+            session.execute(sqlite_insert(Artifact).values(values).on_conflict_do_nothing())
+        else:  # other backends: check first, then insert
+            existing = set(session.scalars(select(Artifact.hash).where(Artifact.hash.in_(rows))))
+            session.add_all(Artifact(**v) for v in values if v["hash"] not in existing)
+    return hashes
+
+
+def require_finite(value: float, what: str) -> float:
+    """Refuse NaN and infinite utilities: they would poison every comparison of the swarm."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UtilityError(f"{what} returned {value!r}, not a number") from None
+    if not math.isfinite(number):
+        raise UtilityError(f"{what} returned {number!r}; a utility must be a finite number")
+    return number

@@ -1,0 +1,268 @@
+"""The coordinator: once an iteration's evaluations are in, apply the swarm update.
+
+All of it happens in one transaction that holds the iteration's row lock: the personal and
+global bests after iteration t, the stop decision, and, when the search goes on, the positions
+and velocities of iteration t+1 (written to the artifact store first) with its pending
+evaluations. A second coordinator run of the same iteration finds it applied and does nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from swarmq.engine._common import config_of, params_of, put_vectors_in_txn, search_in_txn
+from swarmq.engine._runtime import Runtime
+from swarmq.errors import NotFoundError
+from swarmq.storage import EvaluationRow, IterationRow, ParticleStateRow, utcnow
+from swarmq.swarm import (
+    Best,
+    SwarmParams,
+    apply_update,
+    draw_factors,
+    initial_velocity,
+    needs_restart,
+    select_best,
+    select_worst,
+    should_stop,
+    skipped_evaluations,
+    step_length_at,
+    update_coefficients,
+)
+
+__all__ = ["CoordinationResult", "coordinate_iteration"]
+
+
+@dataclass(frozen=True)
+class CoordinationResult:
+    """``applied`` (next iteration created), ``stopped``, or a no-op: ``already``/``incomplete``/``inactive``."""
+
+    status: str
+    next_iteration: int | None = None
+    reason: str | None = None
+
+
+def _states(session: Session, search_id: str, iteration: int) -> list[ParticleStateRow]:
+    return list(
+        session.scalars(
+            select(ParticleStateRow)
+            .where(ParticleStateRow.search_id == search_id, ParticleStateRow.iteration == iteration)
+            .order_by(ParticleStateRow.particle)
+        )
+    )
+
+
+def coordinate_iteration(rt: Runtime, search_id: str, iteration: int) -> CoordinationResult:
+    """Apply iteration ``iteration`` of a search once all its dev evaluations are finished."""
+    pending_dev: list[int] = []
+    skipped_all = False
+    test_work: list[tuple[int, int]] = []
+    with rt.db.session() as s:
+        it = s.scalars(
+            select(IterationRow)
+            .where(IterationRow.search_id == search_id, IterationRow.number == iteration)
+            .with_for_update()
+        ).one_or_none()
+        if it is None:
+            raise NotFoundError(f"search {search_id!r} has no iteration {iteration}")
+        if it.status != "evaluating":
+            return CoordinationResult("already")
+        search = search_in_txn(s, search_id, lock=True)
+        if search.status != "running":
+            return CoordinationResult("inactive", reason=search.status)
+        unfinished = s.scalar(
+            select(EvaluationRow.id).where(
+                EvaluationRow.search_id == search_id,
+                EvaluationRow.iteration == iteration,
+                EvaluationRow.split == "dev",
+                EvaluationRow.status.not_in(("done", "skipped")),
+            ).limit(1)
+        )
+        if unfinished is not None:
+            return CoordinationResult("incomplete")
+
+        config = config_of(search.config_json)
+        params = params_of(config)
+        seed = search.seed
+        states = _states(s, search_id, iteration)
+        prev = None if iteration == 0 else s.get(IterationRow, (search_id, iteration - 1))
+        prev_states = [] if iteration == 0 else _states(s, search_id, iteration - 1)
+
+        # Step 2.5: personal bests (strict improvement), then the all-time global records.
+        utilities: list[float | None] = [st.utility if st.evaluated else None for st in states]
+        for i, st in enumerate(states):
+            if iteration == 0:
+                st.best_hash, st.best_utility, st.best_iteration = st.position_hash, st.utility, 0
+                continue
+            before = prev_states[i]
+            st.best_hash, st.best_utility, st.best_iteration = before.best_hash, before.best_utility, before.best_iteration
+            u = utilities[i]
+            if u is not None and before.best_utility is not None and u > before.best_utility:
+                st.best_hash, st.best_utility, st.best_iteration = st.position_hash, u, iteration
+        best = select_best(_record(prev, "best"), utilities, iteration)
+        worst = select_worst(_record(prev, "worst"), utilities, iteration)
+        assert best is not None and worst is not None  # iteration 0 evaluates everyone
+        it.best_particle, it.best_iteration, it.best_utility = best.particle, best.iteration, best.utility
+        it.best_hash = states[best.particle].position_hash if best.iteration == iteration else prev.best_hash  # type: ignore[union-attr]
+        it.worst_particle, it.worst_iteration, it.worst_utility = worst.particle, worst.iteration, worst.utility
+        it.worst_hash = states[worst.particle].position_hash if worst.iteration == iteration else prev.worst_hash  # type: ignore[union-attr]
+        it.status, it.applied_at = "applied", utcnow()
+
+        store = rt.store
+        g = store.get_vector(it.best_hash)
+        if iteration == 0 and params.initial_velocity == "best":
+            xs = [store.get_vector(st.position_hash) for st in states]
+            vs = [initial_velocity("best", xs, i, seed, global_best=g) for i in range(len(xs))]
+            for st, h in zip(states, put_vectors_in_txn(s, store, (("velocity", v) for v in vs)), strict=True):
+                st.velocity_hash = h
+            del xs, vs
+
+        # Step 2.1 for the next iteration: the stop rule over the global-best history.
+        history = [
+            u
+            for u in s.scalars(
+                select(IterationRow.best_utility)
+                .where(IterationRow.search_id == search_id, IterationRow.number < iteration)
+                .order_by(IterationRow.number)
+            )
+        ] + [best.utility]
+        nxt = iteration + 1
+        reason = should_stop(history, nxt, params)
+        if reason is not None:
+            search.status, search.stop_reason, search.finished_at = "completed", reason, utcnow()
+            test_work = _add_final_evaluations(s, search_id, search.n_experts, it, states)
+        else:
+            skipped = skipped_evaluations(seed, nxt, len(states), params)
+            skipped_all = all(skipped)
+            _create_next(s, rt, search_id, nxt, params, seed, states, it, g, skipped, skipped_all)
+            search.current_iteration = nxt
+            pending_dev = [i for i, skip in enumerate(skipped) if not skip]
+
+    for iteration_, particle in test_work:
+        rt.dispatcher.send_evaluation(search_id, iteration_, particle, "test")
+    if reason is not None:
+        return CoordinationResult("stopped", reason=reason)
+    for i in pending_dev:
+        rt.dispatcher.send_evaluation(search_id, nxt, i, "dev")
+    if skipped_all:  # dropout-K skipped the whole iteration: nothing will call us back
+        rt.dispatcher.send_coordination(search_id, nxt)
+    return CoordinationResult("applied", next_iteration=nxt)
+
+
+def _record(row: IterationRow | None, which: str) -> Best | None:
+    if row is None:
+        return None
+    particle, iteration, utility = (
+        (row.best_particle, row.best_iteration, row.best_utility)
+        if which == "best"
+        else (row.worst_particle, row.worst_iteration, row.worst_utility)
+    )
+    assert particle is not None and iteration is not None and utility is not None
+    return Best(particle, iteration, utility)
+
+
+def _create_next(
+    s: Session,
+    rt: Runtime,
+    search_id: str,
+    nxt: int,
+    params: SwarmParams,
+    seed: int,
+    states: list[ParticleStateRow],
+    it: IterationRow,
+    g: np.ndarray,
+    skipped: list[bool],
+    skipped_all: bool,
+) -> None:
+    """Steps 2.2-2.3: restart stray particles, then move every particle with lambda_{t+1}."""
+    store = rt.store
+    step = step_length_at(nxt, params)
+    assert it.worst_hash is not None and it.best_hash is not None
+    g_worst = store.get_vector(it.worst_hash)
+    s.add(IterationRow(search_id=search_id, number=nxt, status="evaluating", step_length=step, skipped_all=skipped_all))
+    s.flush()
+    for i, st in enumerate(states):
+        assert st.best_hash is not None and st.best_iteration is not None and st.velocity_hash is not None
+        p = store.get_vector(st.best_hash)
+        restarted = needs_restart(nxt, st.best_iteration, params)
+        if restarted:
+            x, v = p, np.zeros_like(p)
+            x_hash, v_hash = st.best_hash, None
+        else:
+            x, v = store.get_vector(st.position_hash), store.get_vector(st.velocity_hash)
+            x_hash, v_hash = st.position_hash, st.velocity_hash
+        factors = draw_factors(seed, nxt, i, params.random_weights)
+        coefficients = update_coefficients(factors, params)
+        new_x, new_v = apply_update(x, v, p, g, g_worst, coefficients, step)
+        new_x_hash, new_v_hash = put_vectors_in_txn(s, store, (("position", new_x), ("velocity", new_v)))
+        update: dict[str, Any] = {
+            "factors": [factors.r_v, factors.r_p, factors.r_g, factors.r_w],
+            "coefficients": list(coefficients),
+            "step_length": step,
+            "restarted": restarted,
+            # What the update read: x and v after a restart are p and 0 (v_hash None).
+            "x": x_hash,
+            "v": v_hash,
+            "p": st.best_hash,
+            "g": it.best_hash,
+            "g_worst": it.worst_hash,
+        }
+        skip = skipped[i]
+        s.add(
+            ParticleStateRow(
+                search_id=search_id,
+                iteration=nxt,
+                particle=i,
+                position_hash=new_x_hash,
+                velocity_hash=new_v_hash,
+                restarted=restarted,
+                update=update,
+                # A particle skipped by dropout keeps its previous utility but still moves.
+                utility=st.utility if skip else None,
+                evaluated=False if skip else None,
+            )
+        )
+        s.add(
+            EvaluationRow(
+                search_id=search_id,
+                iteration=nxt,
+                particle=i,
+                split="dev",
+                position_hash=new_x_hash,
+                status="skipped" if skip else "pending",
+                utility=st.utility if skip else None,
+                attempts=0,
+            )
+        )
+
+
+def _add_final_evaluations(
+    s: Session, search_id: str, n_experts: int, it: IterationRow, states: list[ParticleStateRow]
+) -> list[tuple[int, int]]:
+    """Queue the final report's test evaluations: the best initial expert and the global best."""
+    first = _states(s, search_id, 0) if it.number != 0 else states
+    expert_utils = [st.utility if st.utility is not None else float("-inf") for st in first[:n_experts]]
+    best_expert = int(np.argmax(expert_utils))  # first index among equal maxima
+    assert it.best_iteration is not None and it.best_particle is not None and it.best_hash is not None
+    targets = [(0, best_expert, first[best_expert].position_hash), (it.best_iteration, it.best_particle, it.best_hash)]
+    work: list[tuple[int, int]] = []
+    for iteration, particle, position_hash in targets:
+        if (iteration, particle) in work:
+            continue
+        s.add(
+            EvaluationRow(
+                search_id=search_id,
+                iteration=iteration,
+                particle=particle,
+                split="test",
+                position_hash=position_hash,
+                status="pending",
+                attempts=0,
+            )
+        )
+        work.append((iteration, particle))
+    return work

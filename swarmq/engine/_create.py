@@ -1,0 +1,105 @@
+"""Creating a search: validate everything, expand the population, record iteration 0."""
+
+from __future__ import annotations
+
+import json
+
+from swarmq.config import SearchConfig
+from swarmq.engine._common import new_search_id, params_of, put_vectors_in_txn
+from swarmq.engine._runtime import Runtime
+from swarmq.errors import ConfigError
+from swarmq.storage import EvaluationRow, IterationRow, ParticleRow, ParticleStateRow, SearchRow
+from swarmq.swarm import expand_population, initial_velocity
+from swarmq.weights import load_pool
+
+__all__ = ["create_search"]
+
+
+def create_search(rt: Runtime, config: SearchConfig, *, check_objective: bool = True) -> str:
+    """Record a new search and its iteration-0 evaluations; return its id.
+
+    Every input is validated before anything is written: the expert pool (same layout), the
+    population size, and (unless ``check_objective`` is false) the utility and its dataset.
+    Nothing is dispatched here: the caller sends the pending work.
+    """
+    pool = load_pool(config.experts.path, config.experts.adapter_config)
+    if check_objective:
+        from swarmq.modeling import check_objective as _check
+
+        _check(config)
+    n_experts = len(pool.experts)
+    n = config.search.particles or n_experts
+    if n < n_experts:
+        raise ConfigError(
+            f"search.particles = {n} is below the number of experts ({n_experts}) in "
+            f"{config.experts.path}; set it to at least {n_experts} or leave it out"
+        )
+    params = params_of(config)
+    seed = config.search.seed
+    positions, lineage = expand_population(pool.vectors, n, seed)
+    if params.initial_velocity == "best":
+        velocities = None  # needs g: set by the coordinator after iteration 0
+    else:
+        velocities = [initial_velocity(params.initial_velocity, positions, i, seed) for i in range(n)]
+
+    search_id = new_search_id()
+    with rt.db.session() as s:
+        x_hashes = put_vectors_in_txn(s, rt.store, (("position", x) for x in positions))
+        v_hashes: list[str | None] = (
+            list(put_vectors_in_txn(s, rt.store, (("velocity", v) for v in velocities)))
+            if velocities is not None
+            else [None] * n
+        )
+        s.add(
+            SearchRow(
+                id=search_id,
+                name=config.search.name,
+                status="running",
+                config_json=config.to_json(),
+                config_hash=config.fingerprint(),
+                seed=seed,
+                n_particles=n,
+                n_experts=n_experts,
+                layout_json=pool.layout.to_json(),
+                adapter_config_json=None if pool.adapter_config is None else json.dumps(pool.adapter_config, sort_keys=True),
+                current_iteration=0,
+            )
+        )
+        s.flush()
+        for i, parent in enumerate(lineage):
+            s.add(
+                ParticleRow(
+                    search_id=search_id,
+                    index=i,
+                    expert_name=pool.experts[i].name if i < n_experts else None,
+                    parent_first=None if parent is None else parent.first,
+                    parent_second=None if parent is None else parent.second,
+                    parent_weight=None if parent is None else parent.weight,
+                )
+            )
+        s.add(IterationRow(search_id=search_id, number=0, status="evaluating", step_length=None))
+        s.flush()
+        for i in range(n):
+            s.add(
+                ParticleStateRow(
+                    search_id=search_id,
+                    iteration=0,
+                    particle=i,
+                    position_hash=x_hashes[i],
+                    velocity_hash=v_hashes[i],
+                    restarted=False,
+                    update={"initial_velocity": params.initial_velocity},
+                )
+            )
+            s.add(
+                EvaluationRow(
+                    search_id=search_id,
+                    iteration=0,
+                    particle=i,
+                    split="dev",
+                    position_hash=x_hashes[i],
+                    status="pending",
+                    attempts=0,
+                )
+            )
+    return search_id

@@ -1,0 +1,57 @@
+"""The process-wide runtime: which database, artifact store and dispatcher the tasks use.
+
+Celery tasks are plain functions of ids; they find their database and store here. The embedded
+runner and a worker at start-up each install one runtime for the process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from swarmq.errors import SwarmqError
+from swarmq.settings import Settings
+from swarmq.storage import ArtifactStore, Database, LocalArtifactStore
+
+__all__ = ["Dispatcher", "Runtime", "current_runtime", "install_runtime", "runtime_from_settings"]
+
+
+class Dispatcher(Protocol):
+    """Sends units of work; the embedded queue and Celery both implement it."""
+
+    def send_evaluation(self, search_id: str, iteration: int, particle: int, split: str) -> None: ...
+
+    def send_coordination(self, search_id: str, iteration: int) -> None: ...
+
+
+@dataclass
+class Runtime:
+    """What a task needs to run: the record (database + artifacts) and where to send work."""
+
+    db: Database
+    store: ArtifactStore
+    dispatcher: Dispatcher
+
+
+_current: Runtime | None = None
+
+
+def install_runtime(runtime: Runtime) -> Runtime:
+    """Make ``runtime`` the one the tasks of this process use."""
+    global _current
+    _current = runtime
+    return runtime
+
+
+def current_runtime() -> Runtime:
+    """The installed runtime; a task run outside a worker or runner gets a clear error."""
+    if _current is None:
+        raise SwarmqError("no swarmq runtime is installed in this process (start it with swarmq run or swarmq worker)")
+    return _current
+
+
+def runtime_from_settings(settings: Settings, dispatcher: Dispatcher, *, create: bool = True) -> Runtime:
+    """Open the database (creating an empty one's schema when ``create``) and the store."""
+    db = Database(settings.database_url)
+    db.check_schema(create=create)
+    return Runtime(db=db, store=LocalArtifactStore(settings.artifacts), dispatcher=dispatcher)

@@ -1,0 +1,71 @@
+"""The embedded mode: no broker, no servers; the same tasks run in this process.
+
+Work is queued in memory in the order it is sent and each message runs through Celery's
+``Task.apply`` (the task's own code path, without a broker). The queue itself is never the
+record: after a crash, :func:`swarmq.engine.pending_work` rebuilds it from the database.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from swarmq.config import SearchConfig
+from swarmq.engine import (
+    Runtime,
+    create_search,
+    install_runtime,
+    pending_work,
+    reopen_search,
+    runtime_from_settings,
+    send_work,
+)
+from swarmq.settings import Settings
+
+__all__ = ["EmbeddedRunner", "LocalQueue"]
+
+
+class LocalQueue:
+    """An in-process FIFO of task messages: a :class:`swarmq.engine.Dispatcher`."""
+
+    def __init__(self) -> None:
+        self.messages: deque[tuple[str, dict[str, Any]]] = deque()
+
+    def send_evaluation(self, search_id: str, iteration: int, particle: int, split: str) -> None:
+        self.messages.append(
+            ("swarmq.evaluate", {"search_id": search_id, "iteration": iteration, "particle": particle, "split": split})
+        )
+
+    def send_coordination(self, search_id: str, iteration: int) -> None:
+        self.messages.append(("swarmq.coordinate", {"search_id": search_id, "iteration": iteration}))
+
+
+class EmbeddedRunner:
+    """Runs searches to completion in this process, through the Celery tasks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.queue = LocalQueue()
+        self.runtime: Runtime = install_runtime(runtime_from_settings(settings, self.queue))
+
+    def submit(self, config: SearchConfig) -> str:
+        """Validate and record a new search; returns its id (nothing runs yet)."""
+        return create_search(self.runtime, config)
+
+    def drive(self, search_id: str, on_message: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        """Run a search's outstanding work until none is left.
+
+        Evaluations left ``running`` by a killed process are reset first: in embedded mode no
+        other process can be working on them.
+        """
+        from swarmq.execution import tasks  # registers the tasks with the app
+
+        reopen_search(self.runtime, search_id, reset_running=True)
+        self.queue.messages.clear()
+        send_work(self.runtime, pending_work(self.runtime, search_id))
+        registry = {"swarmq.evaluate": tasks.evaluate, "swarmq.coordinate": tasks.coordinate}
+        while self.queue.messages:
+            name, kwargs = self.queue.messages.popleft()
+            registry[name].apply(kwargs=kwargs, throw=True)
+            if on_message is not None:
+                on_message(name, kwargs)

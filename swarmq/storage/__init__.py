@@ -1,0 +1,32 @@
+"""The durable record: SQLAlchemy models, database sessions and the artifact store."""
+
+from swarmq.storage._artifacts import ArtifactStore, LocalArtifactStore, encode_vector, hash_bytes
+from swarmq.storage._db import Database, migrations_dir, redact_url
+from swarmq.storage._models import (
+    Artifact,
+    Base,
+    EvaluationRow,
+    IterationRow,
+    ParticleRow,
+    ParticleStateRow,
+    SearchRow,
+    utcnow,
+)
+
+__all__ = [
+    "Artifact",
+    "ArtifactStore",
+    "Base",
+    "Database",
+    "EvaluationRow",
+    "IterationRow",
+    "LocalArtifactStore",
+    "ParticleRow",
+    "ParticleStateRow",
+    "SearchRow",
+    "encode_vector",
+    "hash_bytes",
+    "migrations_dir",
+    "redact_url",
+    "utcnow",
+]

@@ -1,0 +1,171 @@
+"""Database access: engine creation, one-transaction sessions, schema version checks.
+
+One public storage operation is one transaction (:meth:`Database.session`). SQLite is made to
+take its write lock at the start of every transaction (``BEGIN IMMEDIATE``) so that a
+read-then-write, such as "is this iteration applied yet?", cannot race on it either; on
+PostgreSQL the same code takes row locks with ``SELECT ... FOR UPDATE``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from swarmq.errors import StorageError
+
+__all__ = ["Database", "redact_url"]
+
+_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]*@")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for messages and logs."""
+    return _PASSWORD.sub(r"\1***@", str(url))
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: the repository's ``migrations/`` or the installed copy."""
+    here = Path(__file__).resolve().parents[2] / "migrations"
+    if (here / "env.py").is_file():
+        return here
+    import swarmq._migrations as installed  # installed from the same folder by pyproject.toml
+
+    return Path(next(iter(installed.__path__)))
+
+
+class Database:
+    """An engine and a session factory for one database URL."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise StorageError(
+                f"database URL {redact_url(url)!r} is not a SQLAlchemy URL; "
+                "examples: sqlite:///swarmq.db, postgresql+psycopg://user@host/db"
+            ) from None
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 60}
+        else:
+            kwargs["pool_pre_ping"] = True  # survive a database restart between tasks
+        try:
+            self.engine: Engine = create_engine(url, **kwargs)
+        except (SQLAlchemyError, ImportError) as err:
+            raise StorageError(f"cannot use database {redact_url(url)}: {err}") from None
+        if self.is_sqlite:
+            _sqlite_immediate_transactions(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def describe(self) -> str:
+        return redact_url(self.url)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: commits on success, rolls back on error, always closes.
+
+        Database errors become :class:`StorageError` with the (redacted) URL in the message.
+        """
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except SQLAlchemyError as err:
+            session.rollback()
+            raise StorageError(f"database {self.describe()}: {err.__class__.__name__}: {err}") from err
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def for_update(self) -> dict[str, Any]:
+        """Keyword arguments for ``select(...).with_for_update(**...)`` on this backend."""
+        return {}
+
+    # --- schema -------------------------------------------------------------------------------
+
+    def _alembic_config(self) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(migrations_dir()))
+        cfg.attributes["url"] = self.url
+        cfg.attributes["engine"] = self.engine
+        return cfg
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Apply the migrations up to ``revision`` (``swarmq db upgrade``)."""
+        from alembic import command
+
+        try:
+            command.upgrade(self._alembic_config(), revision)
+        except SQLAlchemyError as err:
+            raise StorageError(f"cannot upgrade database {self.describe()}: {err}") from None
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        try:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        except SQLAlchemyError as err:
+            raise StorageError(f"cannot reach database {self.describe()}: {err}") from None
+
+    def head_revision(self) -> str | None:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+
+    def check_schema(self, *, create: bool = False) -> None:
+        """Fail with the upgrade command unless the schema is at the latest revision.
+
+        ``create=True`` upgrades an empty database (no tables at all) in place, so the first
+        command on a new SQLite file works; a database at an older revision is never upgraded
+        behind the user's back.
+        """
+        current = self.current_revision()
+        head = self.head_revision()
+        if current == head:
+            return
+        if current is None and create:
+            try:
+                empty = not inspect(self.engine).get_table_names()
+            except SQLAlchemyError as err:
+                raise StorageError(f"cannot reach database {self.describe()}: {err}") from None
+            if empty:
+                self.upgrade()
+                return
+        raise StorageError(
+            f"database {self.describe()} is at schema revision {current or 'none'}, swarmq needs "
+            f"{head}; run: swarmq db upgrade --db {self.describe()!r}"
+        )
+
+
+def _sqlite_immediate_transactions(engine: Engine) -> None:
+    # pysqlite's own transaction handling starts transactions lazily and never as IMMEDIATE;
+    # take over so that every transaction holds the write lock from its first statement.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,178 @@
+"""SQLAlchemy 2 ORM models: the durable record of every search.
+
+The database is the source of truth. Large arrays (positions, velocities, personal bests) live
+in the artifact store; rows hold their sha256 hashes. Uniqueness constraints make every write
+idempotent: a replayed task finds its row and does nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Artifact",
+    "Base",
+    "EvaluationRow",
+    "IterationRow",
+    "ParticleRow",
+    "ParticleStateRow",
+    "SearchRow",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class SearchRow(Base):
+    """One search: its frozen configuration, weight-space layout and status."""
+
+    __tablename__ = "searches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # running | completed | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    stop_reason: Mapped[str | None] = mapped_column(Text)
+    config_json: Mapped[str] = mapped_column(Text)
+    config_hash: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    n_particles: Mapped[int] = mapped_column(Integer)
+    n_experts: Mapped[int] = mapped_column(Integer)
+    layout_json: Mapped[str] = mapped_column(Text)
+    adapter_config_json: Mapped[str | None] = mapped_column(Text)
+    current_iteration: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class ParticleRow(Base):
+    """A particle's identity: the expert it started as, or its crossover parents."""
+
+    __tablename__ = "particles"
+
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    expert_name: Mapped[str | None] = mapped_column(String(500))
+    parent_first: Mapped[int | None] = mapped_column(Integer)
+    parent_second: Mapped[int | None] = mapped_column(Integer)
+    parent_weight: Mapped[float | None] = mapped_column(Float)
+
+
+class IterationRow(Base):
+    """One synchronous iteration. ``status`` is ``evaluating`` until the coordinator applies it.
+
+    The global best/worst columns hold the all-time records *after* this iteration's
+    evaluations; they are written by the coordinator in the same transaction that creates the
+    next iteration, so an iteration is applied exactly once.
+    """
+
+    __tablename__ = "iterations"
+
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # evaluating | applied
+    step_length: Mapped[float | None] = mapped_column(Float)  # lambda that produced it; None at 0
+    skipped_all: Mapped[bool] = mapped_column(Boolean, default=False)
+    best_particle: Mapped[int | None] = mapped_column(Integer)
+    best_iteration: Mapped[int | None] = mapped_column(Integer)
+    best_utility: Mapped[float | None] = mapped_column(Float)
+    best_hash: Mapped[str | None] = mapped_column(String(64))
+    worst_particle: Mapped[int | None] = mapped_column(Integer)
+    worst_iteration: Mapped[int | None] = mapped_column(Integer)
+    worst_utility: Mapped[float | None] = mapped_column(Float)
+    worst_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    applied_at: Mapped[datetime | None]
+
+
+class ParticleStateRow(Base):
+    """Particle ``particle`` at iteration ``iteration``: where it was, how it got there, its bests.
+
+    ``velocity_hash`` is the velocity that produced this position (at iteration 0: the
+    starting velocity). ``update`` records the inputs of that update (random factors,
+    coefficients, step length, restart, hashes read) so the history can be recomputed.
+    The personal-best columns are the record after this iteration's evaluation.
+    """
+
+    __tablename__ = "particle_states"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["search_id", "iteration"], ["iterations.search_id", "iterations.number"], ondelete="CASCADE"
+        ),
+    )
+
+    search_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    iteration: Mapped[int] = mapped_column(Integer, primary_key=True)
+    particle: Mapped[int] = mapped_column(Integer, primary_key=True)
+    position_hash: Mapped[str] = mapped_column(String(64))
+    velocity_hash: Mapped[str | None] = mapped_column(String(64))
+    restarted: Mapped[bool] = mapped_column(Boolean, default=False)
+    update: Mapped[dict[str, Any] | None]
+    utility: Mapped[float | None] = mapped_column(Float)
+    evaluated: Mapped[bool | None] = mapped_column(Boolean)  # False: skipped by dropout
+    best_hash: Mapped[str | None] = mapped_column(String(64))
+    best_utility: Mapped[float | None] = mapped_column(Float)
+    best_iteration: Mapped[int | None] = mapped_column(Integer)
+
+
+class EvaluationRow(Base):
+    """One evaluation of one particle's position on one split: the unit of work of a worker."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        UniqueConstraint("search_id", "iteration", "particle", "split", name="uq_evaluation"),
+        Index("ix_evaluations_search_status", "search_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    iteration: Mapped[int] = mapped_column(Integer)
+    particle: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(8))  # dev | test
+    position_hash: Mapped[str] = mapped_column(String(64))
+    # pending | running | done | failed | skipped
+    status: Mapped[str] = mapped_column(String(16))
+    utility: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any] | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Artifact(Base):
+    """A content-addressed array in the artifact store, by the sha256 of its file."""
+
+    __tablename__ = "artifacts"
+
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # position | velocity
+    nbytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

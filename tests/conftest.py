@@ -1,0 +1,146 @@
+"""Shared fixtures: a tiny offline model world, and the real PostgreSQL server.
+
+Nothing here touches the network: the base model is a randomly initialised Llama with a
+word-level tokenizer built in place, and the experts are random LoRA adapters of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_DATA = REPO.parent / "shared" / "data" / "model-swarms-eval"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+POSTGRES_URL = os.environ.get("SWARMQ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("SWARMQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+WORDS = ["A", "B", "C", "D", "yes", "no", "red", "blue", "cat", "dog", "one", "two", "three", "four"]
+
+
+def _server_missing(what: str, err: Exception) -> None:
+    message = f"{what} is not reachable ({err})"
+    if IN_CI:
+        pytest.fail(f"{message}; CI needs it")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of the local PostgreSQL; fails (not skips) in CI when it is down."""
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(POSTGRES_URL)
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+    except Exception as err:
+        _server_missing(f"PostgreSQL at {POSTGRES_URL}", err)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"swarmq_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _build_world(root: Path) -> dict[str, Path]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    base = root / "base"
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *WORDS, "Question:", "The", "answer", "is"])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>", padding_side="left"
+    )
+    fast.save_pretrained(base)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(base)
+    experts = root / "experts"
+    for k in range(4):
+        torch.manual_seed(100 + k)
+        peft_model = get_peft_model(
+            LlamaForCausalLM.from_pretrained(base),
+            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"),
+        )
+        with torch.no_grad():  # large enough to change the greedy outputs
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.mul_(4.0)
+        peft_model.save_pretrained(experts / f"expert_{k}")
+    import random
+
+    rng = random.Random(0)
+
+    def item() -> dict[str, Any]:
+        a, b = rng.sample(WORDS[4:], 2)
+        choices = dict(zip("ABCD", rng.sample(WORDS[4:], 4), strict=True))
+        return {"question": f"{a} {b}", "choices": choices, "answer": rng.choice("ABCD")}
+
+    data = root / "task.json"
+    data.write_text(json.dumps({"dataset": "tiny", "dev": [item() for _ in range(24)], "test": [item() for _ in range(24)]}))
+    return {"base": base, "experts": experts, "dataset": data}
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny random base model, four LoRA experts of it, and a multiple-choice dataset."""
+    return _build_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture
+def write_config(tiny_world: dict[str, Path], tmp_path: Path) -> Callable[..., Path]:
+    """Write a search file over the tiny world; keyword arguments override [swarm]/[search]."""
+
+    def write(name: str = "search.toml", *, search: dict[str, Any] | None = None, swarm: dict[str, Any] | None = None,
+              objective: dict[str, Any] | None = None) -> Path:
+        s = {"name": "tiny", "seed": 1, "particles": 6, "max_iterations": 4} | (search or {})
+        w = {"patience": 3} | (swarm or {})
+        o = {"utility": "multiple_choice", "dataset": str(tiny_world["dataset"]), "batch_size": 8, "max_new_tokens": 2} | (objective or {})
+
+        def table(name: str, values: dict[str, Any]) -> str:
+            return f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+        text = (
+            table("search", s)
+            + table("experts", {"path": str(tiny_world["experts"])})
+            + table("base_model", {"path": str(tiny_world["base"]), "device": "cpu"})
+            + table("objective", o)
+            + table("swarm", w)
+        )
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
