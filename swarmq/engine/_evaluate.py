@@ -8,6 +8,7 @@ of a finished evaluation changes nothing.
 
 from __future__ import annotations
 
+import os
 import socket
 import traceback
 from collections.abc import Callable
@@ -41,18 +42,8 @@ class Outcome:
 EvaluateFn = Callable[[SearchConfig, dict[str, Any] | None, Layout, np.ndarray, str], tuple[float, dict[str, Any]]]
 
 
-def model_evaluate(
-    config: SearchConfig, adapter_config: dict[str, Any] | None, layout: Layout, vector: np.ndarray, split: str
-) -> tuple[float, dict[str, Any]]:
-    """Evaluate a position with the process's resident model for this search's base model."""
-    from swarmq.modeling import get_evaluator
-
-    result = get_evaluator(config, adapter_config).evaluate(layout, vector, split)
-    return result.value, dict(result.metrics)
-
-
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{__import__('os').getpid()}"
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _evaluation_in_txn(session: Any, search_id: str, iteration: int, particle: int, split: str) -> EvaluationRow:
@@ -81,7 +72,7 @@ def run_evaluation(
     split: str = "dev",
     *,
     worker: str | None = None,
-    evaluate: EvaluateFn = model_evaluate,
+    evaluate: EvaluateFn | None = None,
 ) -> Outcome:
     """Evaluate one particle's position and record the result idempotently."""
     worker = worker or worker_name()
@@ -103,7 +94,7 @@ def run_evaluation(
         config = config_of(config_json)
         layout = layout_of(layout_json)
         vector = rt.store.get_vector(position_hash)
-        value, metrics = evaluate(config, adapter_config_of(adapter_json), layout, vector, split)
+        value, metrics = (evaluate or rt.evaluate)(config, adapter_config_of(adapter_json), layout, vector, split)
         utility = require_finite(value, f"utility {config.objective.utility!r} on particle {particle}, iteration {iteration}")
     except BaseException as err:
         _record_failure(rt, search_id, iteration, particle, split, err)

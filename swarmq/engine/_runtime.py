@@ -6,8 +6,11 @@ runner and a worker at start-up each install one runtime for the process.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
 
 from swarmq.errors import SwarmqError
 from swarmq.settings import Settings
@@ -31,6 +34,9 @@ class Runtime:
     db: Database
     store: ArtifactStore
     dispatcher: Dispatcher
+    # How a position is scored; the default loads the search's base model (swarmq.modeling).
+    # Replaceable for objectives that need no language model, and for engine tests.
+    evaluate: Callable[..., tuple[float, dict[str, Any]]] = field(default_factory=lambda: _model_evaluate)
 
 
 _current: Runtime | None = None
@@ -48,6 +54,16 @@ def current_runtime() -> Runtime:
     if _current is None:
         raise SwarmqError("no swarmq runtime is installed in this process (start it with swarmq run or swarmq worker)")
     return _current
+
+
+def _model_evaluate(
+    config: Any, adapter_config: dict[str, Any] | None, layout: Any, vector: np.ndarray, split: str
+) -> tuple[float, dict[str, Any]]:
+    """Evaluate a position with the process's resident model for the search's base model."""
+    from swarmq.modeling import get_evaluator
+
+    result = get_evaluator(config, adapter_config).evaluate(layout, vector, split)
+    return result.value, dict(result.metrics)
 
 
 def runtime_from_settings(settings: Settings, dispatcher: Dispatcher, *, create: bool = True) -> Runtime:

@@ -44,9 +44,12 @@ class LocalQueue:
 class EmbeddedRunner:
     """Runs searches to completion in this process, through the Celery tasks."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, evaluate: Callable[..., Any] | None = None) -> None:
         self.queue = LocalQueue()
-        self.runtime: Runtime = install_runtime(runtime_from_settings(settings, self.queue))
+        self.runtime: Runtime = runtime_from_settings(settings, self.queue)
+        if evaluate is not None:
+            self.runtime.evaluate = evaluate
+        install_runtime(self.runtime)
 
     def submit(self, config: SearchConfig) -> str:
         """Validate and record a new search; returns its id (nothing runs yet)."""
