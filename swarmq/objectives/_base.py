@@ -1,0 +1,145 @@
+"""The contract of a utility (objective): options, required dataset keys, and ``score``.
+
+A utility turns a model into one scalar, higher is better. It never touches torch: it only sees
+a :class:`TextGenerator`, so it can be unit-tested with a fake generator that returns canned
+strings, and the CLI can validate a utility's options without importing a model library.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from swarmq.errors import UtilityError
+
+if TYPE_CHECKING:
+    from swarmq.objectives._data import Dataset
+
+__all__ = ["TextGenerator", "Utility", "UtilityOptions", "UtilityResult"]
+
+
+@runtime_checkable
+class TextGenerator(Protocol):
+    """Anything that completes prompts greedily.
+
+    ``generate`` returns, for each prompt in order, only the newly generated text (the prompt is
+    not repeated), decoded without special tokens and not stripped. Decoding must be greedy so
+    that a utility is a deterministic function of the model's weights.
+    """
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class UtilityResult:
+    """The value of a utility and a small, JSON-serialisable account of how it was reached.
+
+    ``metrics`` holds counts (``n``, ``correct``, ...) and at most a few sample outputs, never the
+    whole list of predictions: results are stored per evaluation, for every particle.
+    """
+
+    value: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ok = isinstance(self.value, numbers.Real) and not isinstance(self.value, bool)
+        value = float(self.value) if ok else math.nan
+        if not math.isfinite(value):
+            raise UtilityError(f"a utility value must be a finite number, got {self.value!r}")
+        # Normalise numpy scalars to a plain float so the result serialises as JSON.
+        object.__setattr__(self, "value", value)
+
+
+class UtilityOptions(BaseModel):
+    """Base of every utility's ``Options``: frozen, and unknown options are refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _describe_field(name: str, info: Any) -> str:
+    annotation = info.annotation
+    if isinstance(annotation, type):
+        annotation = annotation.__name__
+    annotation = str(annotation).replace("typing.", "")
+    constraints = ", ".join(
+        f"{sign} {getattr(m, attr)}"
+        for m in info.metadata
+        for attr, sign in _BOUNDS
+        if hasattr(m, attr)
+    )
+    default = "required" if info.is_required() else f"default {info.get_default()!r}"
+    text = f"{name} ({annotation}{', ' + constraints if constraints else ''}; {default})"
+    if info.description:
+        text += f": {info.description}"
+    return text
+
+
+def describe_options(options_model: type[UtilityOptions]) -> str:
+    """One line per accepted option: name, type, constraints, default and description."""
+    fields = options_model.model_fields
+    if not fields:
+        return "  (this utility takes no options)"
+    return "\n".join("  " + _describe_field(n, f) for n, f in fields.items())
+
+
+class Utility(ABC):
+    """A registered objective: subclass it, set ``example_keys`` and ``Options``, write ``score``.
+
+    ``name`` is set by :func:`swarmq.objectives.register_utility`. An instance is built from the
+    ``[objective] options`` table; a bad option raises :class:`UtilityError` naming the option,
+    the value given, and the options this utility accepts.
+    """
+
+    name: ClassVar[str] = ""
+    #: Keys every dataset item must have; checked when the dataset is loaded.
+    example_keys: ClassVar[tuple[str, ...]] = ()
+    #: The options model; subclasses replace it with their own (subclass of UtilityOptions).
+    Options: ClassVar[type[UtilityOptions]] = UtilityOptions
+    #: The validated options of this instance.
+    options: UtilityOptions
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        given = dict(options or {})
+        try:
+            self.options = self.Options.model_validate(given)
+        except ValidationError as err:
+            raise UtilityError(self._option_error(err)) from None
+
+    def _option_error(self, err: ValidationError) -> str:
+        label = self.name or type(self).__name__
+        lines = [f"invalid options for utility {label!r}:"]
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "(options)"
+            if e["type"] == "extra_forbidden":
+                lines.append(f"  {loc} = {e.get('input')!r}: unknown option")
+            else:
+                msg = e["msg"].removeprefix("Value error, ")
+                lines.append(f"  {loc} = {e.get('input')!r}: {msg}")
+        lines.append("accepted options:")
+        lines.append(describe_options(self.Options))
+        return "\n".join(lines)
+
+    def check_dataset(self, dataset: Dataset) -> None:  # noqa: B027 - optional hook, not abstract
+        """Check dataset content beyond key presence (e.g. the gold answer is one of the choices).
+
+        Raise :class:`swarmq.errors.DatasetError` naming the file, split and item index. Called
+        when a search is created and when an evaluator loads its data. The default accepts all.
+        """
+
+    @abstractmethod
+    def score(
+        self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
+    ) -> UtilityResult:
+        """Evaluate ``generator`` on ``examples`` (items carrying :attr:`example_keys`).
+
+        Must return a finite value; must be deterministic given a deterministic generator.
+        """

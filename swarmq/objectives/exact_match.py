@@ -1,0 +1,117 @@
+"""``exact_match``: accuracy when the gold answer ends the output (NLGraph, GSM8k).
+
+The paper's reference code counts an output correct when the answer string occurs anywhere in
+the (short) output; swarmq looks only at the output's tail, so that an answer the model merely
+repeats from the question early on does not count, while "... the answer is 42" still does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from swarmq.errors import DatasetError, UtilityError
+from swarmq.objectives._base import TextGenerator, Utility, UtilityOptions, UtilityResult
+from swarmq.objectives._data import SPLITS, Dataset
+from swarmq.objectives._registry import register_utility
+
+__all__ = ["ExactMatch", "answer_in_tail", "tail_length"]
+
+_SAMPLES = 3
+
+
+def tail_length(answer: str, tail_chars: int | None = None) -> int:
+    """How many final characters of the output are searched: ``tail_chars``, or by default
+    ``max(10, 2 * len(answer))`` for the stripped answer."""
+    if tail_chars is not None:
+        return tail_chars
+    return max(10, 2 * len(answer.strip()))
+
+
+def answer_in_tail(output: str, answer: str, tail_chars: int | None = None) -> bool:
+    """Whether the stripped ``answer`` occurs in the last characters of the stripped ``output``."""
+    gold = answer.strip()
+    text = output.strip()
+    if not gold:
+        return False
+    return gold in text[-tail_length(gold, tail_chars) :]
+
+
+class ExactMatchOptions(UtilityOptions):
+    """Options of ``exact_match``."""
+
+    max_new_tokens: int = Field(16, ge=1, description="tokens generated per question")
+    prompt_template: str = Field(
+        "{question}", description="str.format template with the single field {question}"
+    )
+    tail_chars: int | None = Field(
+        None,
+        ge=1,
+        description="characters of the output's end searched; default max(10, 2*len(answer))",
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _one_field(cls, value: str) -> str:
+        try:
+            value.format(question="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"must be a str.format template whose only field is {{question}} "
+                f"(write {{{{ and }}}} for literal braces): {type(err).__name__}: {err}"
+            ) from None
+        return value
+
+
+@register_utility("exact_match")
+class ExactMatch(Utility):
+    """Accuracy: the share of questions whose gold ``answer`` ends the generated text.
+
+    Items: ``{"question": str, "answer": str}`` (an integer answer is compared as its text).
+    """
+
+    example_keys: ClassVar[tuple[str, ...]] = ("question", "answer")
+    Options = ExactMatchOptions
+    options: ExactMatchOptions
+
+    def check_dataset(self, dataset: Dataset) -> None:
+        """An empty answer would match nothing (or, naively, everything): refuse it."""
+        for split in SPLITS:
+            for i, item in enumerate(dataset.split(split)):
+                if not str(item["answer"]).strip():
+                    raise DatasetError(
+                        f"dataset file {str(dataset.path)!r}: {split}[{i}]['answer'] is empty; "
+                        "expected a non-empty string"
+                    )
+
+    def prompts(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The prompts of ``examples``, in order."""
+        return [self.options.prompt_template.format(question=ex["question"]) for ex in examples]
+
+    def score(
+        self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
+    ) -> UtilityResult:
+        """Generate greedily for every question and count answers found in the output's tail."""
+        if not examples:
+            raise UtilityError("exact_match: no examples to score")
+        prompts = self.prompts(examples)
+        outputs = generator.generate(prompts, self.options.max_new_tokens)
+        if len(outputs) != len(prompts):
+            raise UtilityError(
+                f"exact_match: the generator returned {len(outputs)} outputs "
+                f"for {len(prompts)} prompts"
+            )
+        correct = 0
+        samples: list[dict[str, Any]] = []
+        for ex, out in zip(examples, outputs, strict=True):
+            answer = str(ex["answer"])
+            hit = answer_in_tail(out, answer, self.options.tail_chars)
+            correct += hit
+            if len(samples) < _SAMPLES:
+                samples.append({"output": out[:200], "answer": answer, "correct": hit})
+        n = len(examples)
+        return UtilityResult(
+            value=correct / n, metrics={"n": n, "correct": correct, "samples": samples}
+        )

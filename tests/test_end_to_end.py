@@ -1,0 +1,128 @@
+"""Whole searches on a real (tiny) language model, through the CLI and real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from swarmq.cli import main
+
+
+def cli(tmp_path: Path, *args: str, db: str = "db.sqlite") -> Any:
+    result = CliRunner().invoke(
+        main, ["--db", f"sqlite:///{tmp_path / db}", "--artifacts", str(tmp_path / "art"), *args], catch_exceptions=False
+    )
+    return result
+
+
+def status_json(tmp_path: Path, search_id: str, db: str = "db.sqlite") -> dict[str, Any]:
+    result = cli(tmp_path, "status", search_id, "--json", db=db)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def search_id_of(tmp_path: Path, db: str) -> str:
+    result = cli(tmp_path, "status", "--json", db=db)
+    rows = json.loads(result.output)
+    assert len(rows) == 1
+    return str(rows[0]["id"])
+
+
+def test_run_status_export(tmp_path: Path, write_config: Callable[..., Path], tiny_world: dict[str, Path]) -> None:
+    config = write_config()
+    result = cli(tmp_path, "run", str(config), "--quiet")
+    assert result.exit_code == 0, result.output
+    sid = search_id_of(tmp_path, "db.sqlite")
+    st = status_json(tmp_path, sid)
+    assert st["status"] == "completed"
+    assert st["final"]["global_best"]["dev"] >= st["final"]["best_expert"]["dev"]
+    assert st["final"]["global_best"]["test"] is not None and st["final"]["best_expert"]["test"] is not None
+    assert len(st["utility_histories"]) == 6
+    # Export loads onto the base model with peft.
+    out = tmp_path / "best"
+    result = cli(tmp_path, "export", sid, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_world["base"]), out)
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_two_runs_give_identical_histories(tmp_path: Path, write_config: Callable[..., Path]) -> None:
+    config = write_config()
+    histories = []
+    for db in ("a.sqlite", "b.sqlite"):
+        assert cli(tmp_path, "run", str(config), "--quiet", db=db).exit_code == 0
+        st = status_json(tmp_path, search_id_of(tmp_path, db), db=db)
+        histories.append((st["utility_histories"], st["best_history"]))
+    assert histories[0] == histories[1]
+    # The search did something: utilities vary across particles and iterations.
+    assert len({u for h in histories[0][0] for u in h}) > 1
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, write_config: Callable[..., Path]) -> None:
+    config = write_config(search={"max_iterations": 6, "particles": 6}, swarm={"patience": 10})
+    assert cli(tmp_path, "run", str(config), "--quiet", db="ref.sqlite").exit_code == 0
+    reference = status_json(tmp_path, search_id_of(tmp_path, "ref.sqlite"), db="ref.sqlite")
+
+    env = os.environ | {"SWARMQ_DATABASE_URL": f"sqlite:///{tmp_path / 'killed.sqlite'}", "SWARMQ_ARTIFACTS": str(tmp_path / "art")}
+    proc = subprocess.Popen([sys.executable, "-m", "swarmq", "run", str(config), "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed_at = None
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            if not (tmp_path / "killed.sqlite").exists():
+                continue
+            try:
+                rows = json.loads(cli(tmp_path, "status", "--json", db="killed.sqlite").output or "[]")
+            except json.JSONDecodeError:
+                continue
+            # Kill mid-search: some evaluations of iteration 2 done, others not.
+            if rows and rows[0]["iteration"] >= 2 and rows[0]["evaluations_done"] % 6 != 0:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_at = rows[0]
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert killed_at is not None, "the run ended before it could be killed"
+    sid = killed_at["id"]
+    assert status_json(tmp_path, sid, db="killed.sqlite")["status"] == "running"
+
+    result = cli(tmp_path, "resume", sid, "--quiet", db="killed.sqlite")
+    assert result.exit_code == 0, result.output
+    resumed = status_json(tmp_path, sid, db="killed.sqlite")
+    assert resumed["status"] == "completed"
+    assert resumed["utility_histories"] == reference["utility_histories"]
+    assert resumed["best_history"] == reference["best_history"]
+    for key in ("particle", "iteration", "dev", "test"):
+        assert resumed["final"]["global_best"][key] == reference["final"]["global_best"][key]
+
+
+def test_bad_inputs_get_one_clear_line(tmp_path: Path, write_config: Callable[..., Path]) -> None:
+    cases = [
+        (write_config("u.toml", objective={"utility": "telepathy"}), "telepathy"),
+        (write_config("d.toml", objective={"dataset": str(tmp_path / "missing.json")}), "missing.json"),
+        (write_config("s.toml", swarm={"inertia": -2}), "swarm.inertia = -2"),
+    ]
+    for config, needle in cases:
+        result = CliRunner().invoke(main, ["--db", f"sqlite:///{tmp_path / 'x.sqlite'}", "run", str(config)])
+        assert result.exit_code == 2, result.output
+        assert needle in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["--db", f"sqlite:///{tmp_path / 'x.sqlite'}", "status", "nope"])
+    assert result.exit_code == 2 and "'nope' does not exist" in result.output
+    assert json.loads(CliRunner().invoke(main, ["--db", f"sqlite:///{tmp_path / 'x.sqlite'}", "status", "--json"]).output) == []
