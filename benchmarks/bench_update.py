@@ -40,7 +40,9 @@ def timeit(fn: Any, repeat: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--particles", type=int, default=20)
     ap.add_argument("--params", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=5)
@@ -74,11 +76,15 @@ def main() -> None:
         for i in range(n):
             save_file({"w": xs[i]}, str(experts / f"e{i:02d}.safetensors"))
 
-        def score(_c: Any, _a: Any, _l: Any, vector: np.ndarray, _s: str) -> tuple[float, dict[str, Any]]:
+        def score(
+            _c: Any, _a: Any, _l: Any, vector: np.ndarray, _s: str
+        ) -> tuple[float, dict[str, Any]]:
             return float(vector[:100].sum()), {}
 
         for r in range(args.repeat):
-            runner = EmbeddedRunner(Settings(f"sqlite:///{root / f'db{r}.sqlite'}", root / f"art{r}"), evaluate=score)
+            runner = EmbeddedRunner(
+                Settings(f"sqlite:///{root / f'db{r}.sqlite'}", root / f"art{r}"), evaluate=score
+            )
             cfg = parse_config(
                 {
                     "experts": {"path": str(experts)},
@@ -95,10 +101,19 @@ def main() -> None:
     t_coord = statistics.median(coord_times)
 
     mb = n * size * 4 / 2**20
-    print(f"N={n} particles x {size} float32 parameters ({mb:.0f} MiB of positions), median of {args.repeat}")
+    print(
+        f"N={n} particles x {size} float32 parameters ({mb:.0f} MiB of positions), "
+        f"median of {args.repeat}"
+    )
     print(f"{'numpy copy of the positions':<44} {t_copy * 1e3:9.1f} ms   1.00x")
-    print(f"{'update math (apply_update, in memory)':<44} {t_math * 1e3:9.1f} ms {t_math / t_copy:6.2f}x")
-    print(f"{'coordinator (read+verify, update, fsync, db)':<44} {t_coord * 1e3:9.1f} ms {t_coord / t_copy:6.2f}x")
+    print(
+        f"{'update math (apply_update, in memory)':<44} {t_math * 1e3:9.1f} ms "
+        f"{t_math / t_copy:6.2f}x"
+    )
+    print(
+        f"{'coordinator (read+verify, update, fsync, db)':<44} {t_coord * 1e3:9.1f} ms "
+        f"{t_coord / t_copy:6.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -143,7 +143,9 @@ def _format_error(err: ValidationError, source: str) -> str:
             lines.append(f"  {loc}: required field is missing")
             continue
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown field (value {e.get('input')!r}); remove it or fix its name")
+            lines.append(
+                f"  {loc}: unknown field (value {e.get('input')!r}); remove it or fix its name"
+            )
             continue
         lines.append(f"  {loc} = {e.get('input')!r}: {e['msg']}")
     return "\n".join(lines)
@@ -171,10 +173,14 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return data
 
 
-def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None = None) -> SearchConfig:
+def parse_config(
+    data: Any, *, source: str = "<config>", base_dir: Path | None = None
+) -> SearchConfig:
     """Validate a configuration given as a mapping; raise :class:`ConfigError` naming bad fields."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the configuration must be a table/mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: the configuration must be a table/mapping, got {type(data).__name__}"
+        )
     if base_dir is not None:
         data = _resolve_paths(json.loads(json.dumps(data, default=str)), base_dir)
     try:

@@ -18,10 +18,27 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EVAL_DATA = REPO.parent / "shared" / "data" / "model-swarms-eval"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-POSTGRES_URL = os.environ.get("SWARMQ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+POSTGRES_URL = os.environ.get(
+    "SWARMQ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("SWARMQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
-WORDS = ["A", "B", "C", "D", "yes", "no", "red", "blue", "cat", "dog", "one", "two", "three", "four"]
+WORDS = [
+    "A",
+    "B",
+    "C",
+    "D",
+    "yes",
+    "no",
+    "red",
+    "blue",
+    "cat",
+    "dog",
+    "one",
+    "two",
+    "three",
+    "four",
+]
 
 
 def _server_missing(what: str, err: Exception) -> None:
@@ -72,18 +89,35 @@ def _build_world(root: Path) -> dict[str, Path]:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     base = root / "base"
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *WORDS, "Question:", "The", "answer", "is"])}
+    vocab = {
+        w: i
+        for i, w in enumerate(
+            ["<pad>", "<unk>", "<s>", "</s>", *WORDS, "Question:", "The", "answer", "is"]
+        )
+    }
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>", padding_side="left"
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        padding_side="left",
     )
     fast.save_pretrained(base)
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
     )
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(base)
@@ -92,7 +126,13 @@ def _build_world(root: Path) -> dict[str, Path]:
         torch.manual_seed(100 + k)
         peft_model = get_peft_model(
             LlamaForCausalLM.from_pretrained(base),
-            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"),
+            LoraConfig(
+                r=4,
+                lora_alpha=8,
+                target_modules=["q_proj", "v_proj"],
+                init_lora_weights=False,
+                task_type="CAUSAL_LM",
+            ),
         )
         with torch.no_grad():  # large enough to change the greedy outputs
             for name, p in peft_model.named_parameters():
@@ -109,7 +149,15 @@ def _build_world(root: Path) -> dict[str, Path]:
         return {"question": f"{a} {b}", "choices": choices, "answer": rng.choice("ABCD")}
 
     data = root / "task.json"
-    data.write_text(json.dumps({"dataset": "tiny", "dev": [item() for _ in range(24)], "test": [item() for _ in range(24)]}))
+    data.write_text(
+        json.dumps(
+            {
+                "dataset": "tiny",
+                "dev": [item() for _ in range(24)],
+                "test": [item() for _ in range(24)],
+            }
+        )
+    )
     return {"base": base, "experts": experts, "dataset": data}
 
 
@@ -123,11 +171,21 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def write_config(tiny_world: dict[str, Path], tmp_path: Path) -> Callable[..., Path]:
     """Write a search file over the tiny world; keyword arguments override [swarm]/[search]."""
 
-    def write(name: str = "search.toml", *, search: dict[str, Any] | None = None, swarm: dict[str, Any] | None = None,
-              objective: dict[str, Any] | None = None) -> Path:
+    def write(
+        name: str = "search.toml",
+        *,
+        search: dict[str, Any] | None = None,
+        swarm: dict[str, Any] | None = None,
+        objective: dict[str, Any] | None = None,
+    ) -> Path:
         s = {"name": "tiny", "seed": 1, "particles": 6, "max_iterations": 4} | (search or {})
         w = {"patience": 3} | (swarm or {})
-        o = {"utility": "multiple_choice", "dataset": str(tiny_world["dataset"]), "batch_size": 8, "max_new_tokens": 2} | (objective or {})
+        o = {
+            "utility": "multiple_choice",
+            "dataset": str(tiny_world["dataset"]),
+            "batch_size": 8,
+            "max_new_tokens": 2,
+        } | (objective or {})
 
         def table(name: str, values: dict[str, Any]) -> str:
             return f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())

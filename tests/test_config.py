@@ -50,7 +50,10 @@ def test_hub_id_is_kept_when_no_such_folder(tmp_path: Path) -> None:
 
 
 def test_yaml_is_accepted(tmp_path: Path) -> None:
-    text = "experts: {path: e}\nbase_model: {path: b}\nobjective: {utility: exact_match, dataset: d.json}\nswarm: {patience: 4}\n"
+    text = (
+        "experts: {path: e}\nbase_model: {path: b}\n"
+        "objective: {utility: exact_match, dataset: d.json}\nswarm: {patience: 4}\n"
+    )
     assert load_config(write(tmp_path, text, "s.yaml")).swarm.patience == 4
 
 
@@ -64,14 +67,17 @@ def test_round_trip_through_json(tmp_path: Path) -> None:
     ("extra", "expected"),
     [
         ("[swarm]\ninertia = -1\n", "swarm.inertia = -1"),
-        ("[swarm]\ninitial_velocity = \"fast\"\n", "swarm.initial_velocity = 'fast'"),
+        ('[swarm]\ninitial_velocity = "fast"\n', "swarm.initial_velocity = 'fast'"),
         ("[swarm]\npatience = 0\n", "swarm.patience = 0"),
         ("[swarm]\nstep_length_factor = 1.5\n", "swarm.step_length_factor = 1.5"),
         ("[swarm]\ndropout_k = 1.0\n", "swarm.dropout_k = 1.0"),
         ("[swarm]\ninertai = 0.3\n", "swarm.inertai: unknown field"),
         ("[search]\nparticles = 1\n", "search.particles = 1"),
         ("[search]\nseed = -3\n", "search.seed = -3"),
-        ("[objective.options]\n[swarm]\ninertia=0\ncognitive=0\nsocial=0\nrepel=0\n", "divide by zero"),
+        (
+            "[objective.options]\n[swarm]\ninertia=0\ncognitive=0\nsocial=0\nrepel=0\n",
+            "divide by zero",
+        ),
     ],
 )
 def test_bad_values_are_named(tmp_path: Path, extra: str, expected: str) -> None:
@@ -91,7 +97,7 @@ def test_malformed_files(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[experts\npath="))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
-    with pytest.raises(ConfigError, match="suffix '.ini'"):
+    with pytest.raises(ConfigError, match=r"suffix '\.ini'"):
         load_config(write(tmp_path, MINIMAL, "s.ini"))
     with pytest.raises(ConfigError, match="must be a table"):
         parse_config([1, 2])

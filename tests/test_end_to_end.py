@@ -20,7 +20,9 @@ from swarmq.cli import main
 
 def cli(tmp_path: Path, *args: str, db: str = "db.sqlite") -> Any:
     result = CliRunner().invoke(
-        main, ["--db", f"sqlite:///{tmp_path / db}", "--artifacts", str(tmp_path / "art"), *args], catch_exceptions=False
+        main,
+        ["--db", f"sqlite:///{tmp_path / db}", "--artifacts", str(tmp_path / "art"), *args],
+        catch_exceptions=False,
     )
     return result
 
@@ -38,7 +40,9 @@ def search_id_of(tmp_path: Path, db: str) -> str:
     return str(rows[0]["id"])
 
 
-def test_run_status_export(tmp_path: Path, write_config: Callable[..., Path], tiny_world: dict[str, Path]) -> None:
+def test_run_status_export(
+    tmp_path: Path, write_config: Callable[..., Path], tiny_world: dict[str, Path]
+) -> None:
     config = write_config()
     result = cli(tmp_path, "run", str(config), "--quiet")
     assert result.exit_code == 0, result.output
@@ -46,7 +50,10 @@ def test_run_status_export(tmp_path: Path, write_config: Callable[..., Path], ti
     st = status_json(tmp_path, sid)
     assert st["status"] == "completed"
     assert st["final"]["global_best"]["dev"] >= st["final"]["best_expert"]["dev"]
-    assert st["final"]["global_best"]["test"] is not None and st["final"]["best_expert"]["test"] is not None
+    assert (
+        st["final"]["global_best"]["test"] is not None
+        and st["final"]["best_expert"]["test"] is not None
+    )
     assert len(st["utility_histories"]) == 6
     # Export loads onto the base model with peft.
     out = tmp_path / "best"
@@ -59,7 +66,9 @@ def test_run_status_export(tmp_path: Path, write_config: Callable[..., Path], ti
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
 
-def test_two_runs_give_identical_histories(tmp_path: Path, write_config: Callable[..., Path]) -> None:
+def test_two_runs_give_identical_histories(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
     config = write_config()
     histories = []
     for db in ("a.sqlite", "b.sqlite"):
@@ -72,13 +81,23 @@ def test_two_runs_give_identical_histories(tmp_path: Path, write_config: Callabl
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, write_config: Callable[..., Path]) -> None:
+def test_sigkill_then_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
     config = write_config(search={"max_iterations": 6, "particles": 6}, swarm={"patience": 10})
     assert cli(tmp_path, "run", str(config), "--quiet", db="ref.sqlite").exit_code == 0
     reference = status_json(tmp_path, search_id_of(tmp_path, "ref.sqlite"), db="ref.sqlite")
 
-    env = os.environ | {"SWARMQ_DATABASE_URL": f"sqlite:///{tmp_path / 'killed.sqlite'}", "SWARMQ_ARTIFACTS": str(tmp_path / "art")}
-    proc = subprocess.Popen([sys.executable, "-m", "swarmq", "run", str(config), "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = os.environ | {
+        "SWARMQ_DATABASE_URL": f"sqlite:///{tmp_path / 'killed.sqlite'}",
+        "SWARMQ_ARTIFACTS": str(tmp_path / "art"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swarmq", "run", str(config), "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     killed_at = None
     deadline = time.monotonic() + 240
     try:
@@ -87,7 +106,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, write_
             if not (tmp_path / "killed.sqlite").exists():
                 continue
             try:
-                rows = json.loads(cli(tmp_path, "status", "--json", db="killed.sqlite").output or "[]")
+                rows = json.loads(
+                    cli(tmp_path, "status", "--json", db="killed.sqlite").output or "[]"
+                )
             except json.JSONDecodeError:
                 continue
             # Kill mid-search: some evaluations of iteration 2 done, others not.
@@ -116,13 +137,27 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, write_
 def test_bad_inputs_get_one_clear_line(tmp_path: Path, write_config: Callable[..., Path]) -> None:
     cases = [
         (write_config("u.toml", objective={"utility": "telepathy"}), "telepathy"),
-        (write_config("d.toml", objective={"dataset": str(tmp_path / "missing.json")}), "missing.json"),
+        (
+            write_config("d.toml", objective={"dataset": str(tmp_path / "missing.json")}),
+            "missing.json",
+        ),
         (write_config("s.toml", swarm={"inertia": -2}), "swarm.inertia = -2"),
     ]
     for config, needle in cases:
-        result = CliRunner().invoke(main, ["--db", f"sqlite:///{tmp_path / 'x.sqlite'}", "run", str(config)])
+        result = CliRunner().invoke(
+            main, ["--db", f"sqlite:///{tmp_path / 'x.sqlite'}", "run", str(config)]
+        )
         assert result.exit_code == 2, result.output
         assert needle in result.output and "Traceback" not in result.output
-    result = CliRunner().invoke(main, ["--db", f"sqlite:///{tmp_path / 'x.sqlite'}", "status", "nope"])
+    result = CliRunner().invoke(
+        main, ["--db", f"sqlite:///{tmp_path / 'x.sqlite'}", "status", "nope"]
+    )
     assert result.exit_code == 2 and "'nope' does not exist" in result.output
-    assert json.loads(CliRunner().invoke(main, ["--db", f"sqlite:///{tmp_path / 'x.sqlite'}", "status", "--json"]).output) == []
+    assert (
+        json.loads(
+            CliRunner()
+            .invoke(main, ["--db", f"sqlite:///{tmp_path / 'x.sqlite'}", "status", "--json"])
+            .output
+        )
+        == []
+    )

@@ -11,7 +11,15 @@ from sqlalchemy import inspect, select
 from swarmq.errors import ArtifactError, StorageError
 from swarmq.storage import Database, LocalArtifactStore, SearchRow, redact_url
 
-TABLES = {"searches", "particles", "iterations", "particle_states", "evaluations", "artifacts", "alembic_version"}
+TABLES = {
+    "searches",
+    "particles",
+    "iterations",
+    "particle_states",
+    "evaluations",
+    "artifacts",
+    "alembic_version",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -44,7 +52,16 @@ def test_empty_database_is_created_on_demand(database: Database) -> None:
 
 def test_session_rolls_back_and_names_the_database(database: Database) -> None:
     database.upgrade()
-    row = dict(name="x", status="running", config_json="{}", config_hash="h", seed=0, n_particles=2, n_experts=2, layout_json="[]")
+    row = dict(
+        name="x",
+        status="running",
+        config_json="{}",
+        config_hash="h",
+        seed=0,
+        n_particles=2,
+        n_experts=2,
+        layout_json="[]",
+    )
     with database.session() as s:
         s.add(SearchRow(id="a", **row))
     with pytest.raises(StorageError, match="IntegrityError"), database.session() as s:

@@ -34,7 +34,8 @@ X, V, P, G, W = vec(1, 2), vec(0.5, -1), vec(2, 2), vec(3, 0), vec(0, 4)
 
 def test_velocity_and_position_update_by_hand() -> None:
     # a, b, c, d = 0.4, 0.3, 0.3, 0.3 (all r = 1), C = 1.3:
-    # 0.4 v = (0.2, -0.4); 0.3 (p - x) = (0.3, 0); 0.3 (g - x) = (0.6, -0.6); 0.3 (x - gw) = (0.3, -0.6)
+    # 0.4 v = (0.2, -0.4); 0.3 (p - x) = (0.3, 0); 0.3 (g - x) = (0.6, -0.6);
+    # 0.3 (x - gw) = (0.3, -0.6)
     # sum = (1.4, -1.6); v' = sum / 1.3; x' = x + 1.0 v'
     params = SwarmParams(random_weights=False)
     coeffs = update_coefficients(draw_factors(0, 1, 0, params.random_weights), params)
@@ -117,7 +118,9 @@ def test_starting_velocities() -> None:
         # v = x_j - x_i for some j != i
         assert any(np.array_equal(v, xs[j] - xs[i]) for j in range(3) if j != i)
         assert not np.array_equal(v, vec(0, 0))
-    np.testing.assert_array_equal(initial_velocity("best", xs, 0, 0, global_best=vec(3, 3)), vec(3, 3))
+    np.testing.assert_array_equal(
+        initial_velocity("best", xs, 0, 0, global_best=vec(3, 3)), vec(3, 3)
+    )
     with pytest.raises(ValueError, match="global best"):
         initial_velocity("best", xs, 0, 0)
     with pytest.raises(ValueError, match="unknown"):
@@ -136,7 +139,9 @@ def test_step_length_decay_with_minimum() -> None:
     assert step_length_at(2, params) == pytest.approx(0.95)
     assert step_length_at(3, params) == pytest.approx(0.9025)
     fast = SwarmParams(step_length=0.5, step_length_factor=0.5, min_step_length=0.1)
-    assert [step_length_at(t, fast) for t in range(1, 6)] == pytest.approx([0.5, 0.25, 0.125, 0.1, 0.1])
+    assert [step_length_at(t, fast) for t in range(1, 6)] == pytest.approx(
+        [0.5, 0.25, 0.125, 0.1, 0.1]
+    )
     with pytest.raises(ValueError):
         step_length_at(0, params)
 

@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from swarmq.cli._output import console, err_console, final_table, fmt, search_progress, summary_table
+from swarmq.cli._output import (
+    console,
+    err_console,
+    final_table,
+    fmt,
+    search_progress,
+    summary_table,
+)
 from swarmq.errors import SwarmqError
 from swarmq.settings import Settings, load_settings
 
@@ -21,13 +28,25 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SwarmqError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True
+            )
             sys.exit(2)
 
 
 @click.group(cls=_Group)
-@click.option("--db", "database_url", envvar="SWARMQ_DATABASE_URL", help="SQLAlchemy URL of the record (default: SQLite in ./.swarmq).")
-@click.option("--artifacts", envvar="SWARMQ_ARTIFACTS", type=click.Path(file_okay=False), help="Artifact store folder (default: ./.swarmq/artifacts).")
+@click.option(
+    "--db",
+    "database_url",
+    envvar="SWARMQ_DATABASE_URL",
+    help="SQLAlchemy URL of the record (default: SQLite in ./.swarmq).",
+)
+@click.option(
+    "--artifacts",
+    envvar="SWARMQ_ARTIFACTS",
+    type=click.Path(file_okay=False),
+    help="Artifact store folder (default: ./.swarmq/artifacts).",
+)
 @click.version_option(package_name="swarmq")
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None, artifacts: str | None) -> None:
@@ -68,7 +87,10 @@ def run(settings: Settings, config: Path, quiet: bool) -> None:
     cfg = load_config(config)
     runner = _runner(settings)
     search_id = runner.submit(cfg)
-    err_console.print(f"search [bold]{search_id}[/] created (resume with: swarmq resume {search_id})", highlight=False)
+    err_console.print(
+        f"search [bold]{search_id}[/] created (resume with: swarmq resume {search_id})",
+        highlight=False,
+    )
     _drive(runner, search_id, quiet)
 
 
@@ -88,7 +110,13 @@ def resume(settings: Settings, search_id: str, quiet: bool) -> None:
 @click.pass_obj
 def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
     """Show all searches, or one search in detail."""
-    from swarmq.engine import best_history, final_report, list_searches, search_summary, utility_histories
+    from swarmq.engine import (
+        best_history,
+        final_report,
+        list_searches,
+        search_summary,
+        utility_histories,
+    )
     from swarmq.storage import Database
 
     db = Database(settings.database_url)
@@ -106,7 +134,10 @@ def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
     histories = utility_histories(db, search_id)
     report = final_report(db, search_id)
     if as_json:
-        out = _summary_dict(s) | {"best_history": best_history(db, search_id), "utility_histories": histories}
+        out = _summary_dict(s) | {
+            "best_history": best_history(db, search_id),
+            "utility_histories": histories,
+        }
         if report is not None:
             out["final"] = {
                 "best_expert": vars(report.best_expert),
@@ -132,7 +163,13 @@ def _summary_dict(s: Any) -> dict[str, Any]:
 
 @main.command()
 @click.argument("search_id")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a previous export in that folder.")
 @click.pass_obj
 def export(settings: Settings, search_id: str, out_dir: Path, overwrite: bool) -> None:
@@ -146,12 +183,21 @@ def export(settings: Settings, search_id: str, out_dir: Path, overwrite: bool) -
     db.check_schema()
     rt = Runtime(db, LocalArtifactStore(settings.artifacts), LocalQueue())
     layout, vector, adapter_config, info = global_best_position(rt, search_id)
-    path = export_adapter(layout, vector, out_dir, adapter_config, metadata=info, overwrite=overwrite)
-    console.print(f"exported the global best (utility {info['swarmq_utility']}) to {path}", highlight=False)
+    path = export_adapter(
+        layout, vector, out_dir, adapter_config, metadata=info, overwrite=overwrite
+    )
+    console.print(
+        f"exported the global best (utility {info['swarmq_utility']}) to {path}", highlight=False
+    )
 
 
 @main.command()
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), help="Where the demo's model, experts and data are built (default: ~/.cache/swarmq/demo).")
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the demo's model, experts and data are built (default: ~/.cache/swarmq/demo).",
+)
 @click.option("--rebuild", is_flag=True, help="Build the demo assets again even if cached.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
@@ -161,7 +207,9 @@ def demo(settings: Settings, cache_dir: Path | None, rebuild: bool, quiet: bool)
     from swarmq.demo import build_demo_assets, default_cache_dir
 
     root = cache_dir or default_cache_dir()
-    assets = build_demo_assets(root, progress=lambda msg: err_console.print(f"[dim]{msg}[/]"), force=rebuild)
+    assets = build_demo_assets(
+        root, progress=lambda msg: err_console.print(f"[dim]{msg}[/]"), force=rebuild
+    )
     cfg = load_config(assets.config_path)
     runner = _runner(settings)
     search_id = runner.submit(cfg)
@@ -183,4 +231,6 @@ def db_upgrade(settings: Settings, revision: str) -> None:
 
     database = Database(settings.database_url)
     database.upgrade(revision)
-    console.print(f"{database.describe()} is at revision {database.current_revision()}", highlight=False)
+    console.print(
+        f"{database.describe()} is at revision {database.current_revision()}", highlight=False
+    )

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -23,7 +22,9 @@ def fmt(value: float | None) -> str:
 
 
 @contextmanager
-def search_progress(db: Database, search_id: str, *, enabled: bool = True) -> Iterator[Callable[..., None]]:
+def search_progress(
+    db: Database, search_id: str, *, enabled: bool = True
+) -> Iterator[Callable[..., None]]:
     """A progress bar over iterations, showing the best utility and evaluations done."""
     summary = search_summary(db, search_id)
     progress = Progress(
@@ -40,7 +41,11 @@ def search_progress(db: Database, search_id: str, *, enabled: bool = True) -> It
     )
     with progress:
         task = progress.add_task(
-            summary.name, total=summary.max_iterations + 1, iteration=summary.iteration, best=fmt(summary.best_utility), evals="0"
+            summary.name,
+            total=summary.max_iterations + 1,
+            iteration=summary.iteration,
+            best=fmt(summary.best_utility),
+            evals="0",
         )
 
         def refresh(*_args: Any) -> None:

@@ -19,7 +19,13 @@ from swarmq.engine._queries import (
     utility_histories,
 )
 from swarmq.engine._recover import Work, pending_work, reopen_search, send_work
-from swarmq.engine._runtime import Dispatcher, Runtime, current_runtime, install_runtime, runtime_from_settings
+from swarmq.engine._runtime import (
+    Dispatcher,
+    Runtime,
+    current_runtime,
+    install_runtime,
+    runtime_from_settings,
+)
 
 __all__ = [
     "CoordinationResult",

@@ -79,7 +79,9 @@ def search_in_txn(session: Session, search_id: str, *, lock: bool = False) -> Se
         stmt = stmt.with_for_update()
     row = session.scalars(stmt).one_or_none()
     if row is None:
-        raise NotFoundError(f"search {search_id!r} does not exist; `swarmq status` lists the searches")
+        raise NotFoundError(
+            f"search {search_id!r} does not exist; `swarmq status` lists the searches"
+        )
     return row
 
 

@@ -39,7 +39,11 @@ __all__ = ["CoordinationResult", "coordinate_iteration"]
 
 @dataclass(frozen=True)
 class CoordinationResult:
-    """``applied`` (next iteration created), ``stopped``, or a no-op: ``already``/``incomplete``/``inactive``."""
+    """What a coordination did.
+
+    ``applied`` (next iteration created), ``stopped``, or a no-op: ``already``,
+    ``incomplete`` or ``inactive``.
+    """
 
     status: str
     next_iteration: int | None = None
@@ -75,12 +79,14 @@ def coordinate_iteration(rt: Runtime, search_id: str, iteration: int) -> Coordin
         if search.status != "running":
             return CoordinationResult("inactive", reason=search.status)
         unfinished = s.scalar(
-            select(EvaluationRow.id).where(
+            select(EvaluationRow.id)
+            .where(
                 EvaluationRow.search_id == search_id,
                 EvaluationRow.iteration == iteration,
                 EvaluationRow.split == "dev",
                 EvaluationRow.status.not_in(("done", "skipped")),
-            ).limit(1)
+            )
+            .limit(1)
         )
         if unfinished is not None:
             return CoordinationResult("incomplete")
@@ -99,17 +105,38 @@ def coordinate_iteration(rt: Runtime, search_id: str, iteration: int) -> Coordin
                 st.best_hash, st.best_utility, st.best_iteration = st.position_hash, st.utility, 0
                 continue
             before = prev_states[i]
-            st.best_hash, st.best_utility, st.best_iteration = before.best_hash, before.best_utility, before.best_iteration
+            st.best_hash, st.best_utility, st.best_iteration = (
+                before.best_hash,
+                before.best_utility,
+                before.best_iteration,
+            )
             u = utilities[i]
             if u is not None and before.best_utility is not None and u > before.best_utility:
                 st.best_hash, st.best_utility, st.best_iteration = st.position_hash, u, iteration
         best = select_best(_record(prev, "best"), utilities, iteration)
         worst = select_worst(_record(prev, "worst"), utilities, iteration)
         assert best is not None and worst is not None  # iteration 0 evaluates everyone
-        it.best_particle, it.best_iteration, it.best_utility = best.particle, best.iteration, best.utility
-        it.best_hash = states[best.particle].position_hash if best.iteration == iteration else prev.best_hash  # type: ignore[union-attr]
-        it.worst_particle, it.worst_iteration, it.worst_utility = worst.particle, worst.iteration, worst.utility
-        it.worst_hash = states[worst.particle].position_hash if worst.iteration == iteration else prev.worst_hash  # type: ignore[union-attr]
+        it.best_particle, it.best_iteration, it.best_utility = (
+            best.particle,
+            best.iteration,
+            best.utility,
+        )
+        # A record set at an earlier iteration keeps that iteration's hash (prev exists then).
+        it.best_hash = (
+            states[best.particle].position_hash
+            if best.iteration == iteration
+            else _hash(prev, "best")
+        )
+        it.worst_particle, it.worst_iteration, it.worst_utility = (
+            worst.particle,
+            worst.iteration,
+            worst.utility,
+        )
+        it.worst_hash = (
+            states[worst.particle].position_hash
+            if worst.iteration == iteration
+            else _hash(prev, "worst")
+        )
         it.status, it.applied_at = "applied", utcnow()
 
         store = rt.store
@@ -117,13 +144,15 @@ def coordinate_iteration(rt: Runtime, search_id: str, iteration: int) -> Coordin
         if iteration == 0 and params.initial_velocity == "best":
             xs = [store.get_vector(st.position_hash) for st in states]
             vs = [initial_velocity("best", xs, i, seed, global_best=g) for i in range(len(xs))]
-            for st, h in zip(states, put_vectors_in_txn(s, store, (("velocity", v) for v in vs)), strict=True):
+            for st, h in zip(
+                states, put_vectors_in_txn(s, store, (("velocity", v) for v in vs)), strict=True
+            ):
                 st.velocity_hash = h
             del xs, vs
 
         # Step 2.1 for the next iteration: the stop rule over the global-best history.
-        history = [
-            u
+        history: list[float] = [
+            float(u)  # type: ignore[arg-type]  # applied iterations always have a best
             for u in s.scalars(
                 select(IterationRow.best_utility)
                 .where(IterationRow.search_id == search_id, IterationRow.number < iteration)
@@ -151,6 +180,13 @@ def coordinate_iteration(rt: Runtime, search_id: str, iteration: int) -> Coordin
     if skipped_all:  # dropout-K skipped the whole iteration: nothing will call us back
         rt.dispatcher.send_coordination(search_id, nxt)
     return CoordinationResult("applied", next_iteration=nxt)
+
+
+def _hash(row: IterationRow | None, which: str) -> str:
+    assert row is not None
+    digest = row.best_hash if which == "best" else row.worst_hash
+    assert digest is not None
+    return digest
 
 
 def _record(row: IterationRow | None, which: str) -> Best | None:
@@ -183,10 +219,22 @@ def _create_next(
     step = step_length_at(nxt, params)
     assert it.worst_hash is not None and it.best_hash is not None
     g_worst = store.get_vector(it.worst_hash)
-    s.add(IterationRow(search_id=search_id, number=nxt, status="evaluating", step_length=step, skipped_all=skipped_all))
+    s.add(
+        IterationRow(
+            search_id=search_id,
+            number=nxt,
+            status="evaluating",
+            step_length=step,
+            skipped_all=skipped_all,
+        )
+    )
     s.flush()
     for i, st in enumerate(states):
-        assert st.best_hash is not None and st.best_iteration is not None and st.velocity_hash is not None
+        assert (
+            st.best_hash is not None
+            and st.best_iteration is not None
+            and st.velocity_hash is not None
+        )
         p = store.get_vector(st.best_hash)
         restarted = needs_restart(nxt, st.best_iteration, params)
         if restarted:
@@ -198,7 +246,9 @@ def _create_next(
         factors = draw_factors(seed, nxt, i, params.random_weights)
         coefficients = update_coefficients(factors, params)
         new_x, new_v = apply_update(x, v, p, g, g_worst, coefficients, step)
-        new_x_hash, new_v_hash = put_vectors_in_txn(s, store, (("position", new_x), ("velocity", new_v)))
+        new_x_hash, new_v_hash = put_vectors_in_txn(
+            s, store, (("position", new_x), ("velocity", new_v))
+        )
         update: dict[str, Any] = {
             "factors": [factors.r_v, factors.r_p, factors.r_g, factors.r_w],
             "coefficients": list(coefficients),
@@ -245,10 +295,17 @@ def _add_final_evaluations(
 ) -> list[tuple[int, int]]:
     """Queue the final report's test evaluations: the best initial expert and the global best."""
     first = _states(s, search_id, 0) if it.number != 0 else states
-    expert_utils = [st.utility if st.utility is not None else float("-inf") for st in first[:n_experts]]
+    expert_utils = [
+        st.utility if st.utility is not None else float("-inf") for st in first[:n_experts]
+    ]
     best_expert = int(np.argmax(expert_utils))  # first index among equal maxima
-    assert it.best_iteration is not None and it.best_particle is not None and it.best_hash is not None
-    targets = [(0, best_expert, first[best_expert].position_hash), (it.best_iteration, it.best_particle, it.best_hash)]
+    assert (
+        it.best_iteration is not None and it.best_particle is not None and it.best_hash is not None
+    )
+    targets = [
+        (0, best_expert, first[best_expert].position_hash),
+        (it.best_iteration, it.best_particle, it.best_hash),
+    ]
     work: list[tuple[int, int]] = []
     for iteration, particle, position_hash in targets:
         if (iteration, particle) in work:

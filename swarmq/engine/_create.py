@@ -40,7 +40,9 @@ def create_search(rt: Runtime, config: SearchConfig, *, check_objective: bool = 
     if params.initial_velocity == "best":
         velocities = None  # needs g: set by the coordinator after iteration 0
     else:
-        velocities = [initial_velocity(params.initial_velocity, positions, i, seed) for i in range(n)]
+        velocities = [
+            initial_velocity(params.initial_velocity, positions, i, seed) for i in range(n)
+        ]
 
     search_id = new_search_id()
     with rt.db.session() as s:
@@ -61,7 +63,9 @@ def create_search(rt: Runtime, config: SearchConfig, *, check_objective: bool = 
                 n_particles=n,
                 n_experts=n_experts,
                 layout_json=pool.layout.to_json(),
-                adapter_config_json=None if pool.adapter_config is None else json.dumps(pool.adapter_config, sort_keys=True),
+                adapter_config_json=None
+                if pool.adapter_config is None
+                else json.dumps(pool.adapter_config, sort_keys=True),
                 current_iteration=0,
             )
         )

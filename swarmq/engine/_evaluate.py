@@ -19,7 +19,13 @@ import numpy as np
 from sqlalchemy import func, select
 
 from swarmq.config import SearchConfig
-from swarmq.engine._common import adapter_config_of, config_of, layout_of, require_finite, search_in_txn
+from swarmq.engine._common import (
+    adapter_config_of,
+    config_of,
+    layout_of,
+    require_finite,
+    search_in_txn,
+)
 from swarmq.engine._runtime import Runtime
 from swarmq.errors import NotFoundError, SwarmqError
 from swarmq.storage import EvaluationRow, IterationRow, ParticleStateRow, utcnow
@@ -39,14 +45,18 @@ class Outcome:
 
 
 # (config, adapter_config, layout, vector, split) -> (utility, metrics)
-EvaluateFn = Callable[[SearchConfig, dict[str, Any] | None, Layout, np.ndarray, str], tuple[float, dict[str, Any]]]
+EvaluateFn = Callable[
+    [SearchConfig, dict[str, Any] | None, Layout, np.ndarray, str], tuple[float, dict[str, Any]]
+]
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _evaluation_in_txn(session: Any, search_id: str, iteration: int, particle: int, split: str) -> EvaluationRow:
+def _evaluation_in_txn(
+    session: Any, search_id: str, iteration: int, particle: int, split: str
+) -> EvaluationRow:
     row = session.scalars(
         select(EvaluationRow)
         .where(
@@ -59,7 +69,8 @@ def _evaluation_in_txn(session: Any, search_id: str, iteration: int, particle: i
     ).one_or_none()
     if row is None:
         raise NotFoundError(
-            f"search {search_id!r} has no {split} evaluation of particle {particle} at iteration {iteration}"
+            f"search {search_id!r} has no {split} evaluation of particle {particle} "
+            f"at iteration {iteration}"
         )
     return row
 
@@ -88,14 +99,23 @@ def run_evaluation(
         ev.started_at = ev.heartbeat_at = now
         ev.finished_at, ev.error = None, None
         position_hash = ev.position_hash
-        config_json, layout_json, adapter_json = search.config_json, search.layout_json, search.adapter_config_json
+        config_json, layout_json, adapter_json = (
+            search.config_json,
+            search.layout_json,
+            search.adapter_config_json,
+        )
 
     try:
         config = config_of(config_json)
         layout = layout_of(layout_json)
         vector = rt.store.get_vector(position_hash)
-        value, metrics = (evaluate or rt.evaluate)(config, adapter_config_of(adapter_json), layout, vector, split)
-        utility = require_finite(value, f"utility {config.objective.utility!r} on particle {particle}, iteration {iteration}")
+        value, metrics = (evaluate or rt.evaluate)(
+            config, adapter_config_of(adapter_json), layout, vector, split
+        )
+        utility = require_finite(
+            value,
+            f"utility {config.objective.utility!r} on particle {particle}, iteration {iteration}",
+        )
     except BaseException as err:
         _record_failure(rt, search_id, iteration, particle, split, err)
         raise
@@ -134,7 +154,9 @@ def run_evaluation(
     return Outcome("done", utility)
 
 
-def _record_failure(rt: Runtime, search_id: str, iteration: int, particle: int, split: str, err: BaseException) -> None:
+def _record_failure(
+    rt: Runtime, search_id: str, iteration: int, particle: int, split: str, err: BaseException
+) -> None:
     """Keep the error on the evaluation row; a bad-input error also stops the search.
 
     A :class:`SwarmqError` (bad data, NaN utility, corrupted artifact) will fail the same way
@@ -142,7 +164,11 @@ def _record_failure(rt: Runtime, search_id: str, iteration: int, particle: int, 
     a killed process) leave it running for a retry or ``swarmq resume``.
     """
     message = f"{err.__class__.__name__}: {err}"
-    detail = message if isinstance(err, SwarmqError) else "".join(traceback.format_exception(err))[-4000:]
+    detail = (
+        message
+        if isinstance(err, SwarmqError)
+        else "".join(traceback.format_exception(err))[-4000:]
+    )
     try:
         with rt.db.session() as s:
             ev = _evaluation_in_txn(s, search_id, iteration, particle, split)
@@ -153,6 +179,9 @@ def _record_failure(rt: Runtime, search_id: str, iteration: int, particle: int, 
                 search = search_in_txn(s, search_id, lock=True)
                 if search.status == "running":
                     search.status = "failed"
-                    search.stop_reason = f"evaluation of particle {particle} at iteration {iteration} ({split}) failed: {message}"
+                    search.stop_reason = (
+                        f"evaluation of particle {particle} at iteration {iteration} "
+                        f"({split}) failed: {message}"
+                    )
     except SwarmqError:
         pass  # the database itself is gone: the row stays "running" and recovery retries it

@@ -12,7 +12,14 @@ from sqlalchemy import func, select
 from swarmq.engine._common import adapter_config_of, config_of, layout_of, search_in_txn
 from swarmq.engine._runtime import Runtime
 from swarmq.errors import NotFoundError
-from swarmq.storage import Database, EvaluationRow, IterationRow, ParticleRow, ParticleStateRow, SearchRow
+from swarmq.storage import (
+    Database,
+    EvaluationRow,
+    IterationRow,
+    ParticleRow,
+    ParticleStateRow,
+    SearchRow,
+)
 from swarmq.weights import Layout
 
 __all__ = [
@@ -166,19 +173,31 @@ def final_report(db: Database, search_id: str) -> FinalReport | None:
         utils = [u if u is not None else float("-inf") for _p, u in initial]
         expert = int(np.argmax(utils))
         names = dict(
-            s.execute(select(ParticleRow.index, ParticleRow.expert_name).where(ParticleRow.search_id == search_id)).all()
+            s.execute(
+                select(ParticleRow.index, ParticleRow.expert_name).where(
+                    ParticleRow.search_id == search_id
+                )
+            ).all()
         )
         tests = {
             (it, p): u
             for it, p, u in s.execute(
-                select(EvaluationRow.iteration, EvaluationRow.particle, EvaluationRow.utility).where(
-                    EvaluationRow.search_id == search_id, EvaluationRow.split == "test", EvaluationRow.status == "done"
+                select(
+                    EvaluationRow.iteration, EvaluationRow.particle, EvaluationRow.utility
+                ).where(
+                    EvaluationRow.search_id == search_id,
+                    EvaluationRow.split == "test",
+                    EvaluationRow.status == "done",
                 )
             ).all()
         }
         return FinalReport(
             best_expert=ScoredPosition(
-                f"best initial expert ({names.get(expert) or f'particle {expert}'})", expert, 0, initial[expert][1], tests.get((0, expert))
+                f"best initial expert ({names.get(expert) or f'particle {expert}'})",
+                expert,
+                0,
+                initial[expert][1],
+                tests.get((0, expert)),
             ),
             global_best=ScoredPosition(
                 f"global best (particle {last.best_particle}, iteration {last.best_iteration})",
@@ -190,7 +209,9 @@ def final_report(db: Database, search_id: str) -> FinalReport | None:
         )
 
 
-def global_best_position(rt: Runtime, search_id: str) -> tuple[Layout, np.ndarray, dict[str, Any] | None, dict[str, str]]:
+def global_best_position(
+    rt: Runtime, search_id: str
+) -> tuple[Layout, np.ndarray, dict[str, Any] | None, dict[str, str]]:
     """The global best's layout, vector (hash-verified), adapter config and provenance."""
     with rt.db.session() as s:
         search = search_in_txn(s, search_id)
@@ -201,7 +222,9 @@ def global_best_position(rt: Runtime, search_id: str) -> tuple[Layout, np.ndarra
             .limit(1)
         ).one_or_none()
         if last is None or last.best_hash is None:
-            raise NotFoundError(f"search {search_id!r} has no evaluated iteration yet; nothing to export")
+            raise NotFoundError(
+                f"search {search_id!r} has no evaluated iteration yet; nothing to export"
+            )
         info = {
             "swarmq_search": search.id,
             "swarmq_particle": str(last.best_particle),

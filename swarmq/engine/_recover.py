@@ -71,12 +71,14 @@ def pending_work(rt: Runtime, search_id: str) -> list[Work]:
             ).one()
             open_dev = [w for w in work if w.split == "dev" and w.iteration == it.number]
             running = s.scalar(
-                select(EvaluationRow.id).where(
+                select(EvaluationRow.id)
+                .where(
                     EvaluationRow.search_id == search_id,
                     EvaluationRow.iteration == it.number,
                     EvaluationRow.split == "dev",
                     EvaluationRow.status == "running",
-                ).limit(1)
+                )
+                .limit(1)
             )
             if it.status == "evaluating" and not open_dev and running is None:
                 work.append(Work("coordinate", search_id, it.number))

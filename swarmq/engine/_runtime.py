@@ -22,7 +22,9 @@ __all__ = ["Dispatcher", "Runtime", "current_runtime", "install_runtime", "runti
 class Dispatcher(Protocol):
     """Sends units of work; the embedded queue and Celery both implement it."""
 
-    def send_evaluation(self, search_id: str, iteration: int, particle: int, split: str) -> None: ...
+    def send_evaluation(
+        self, search_id: str, iteration: int, particle: int, split: str
+    ) -> None: ...
 
     def send_coordination(self, search_id: str, iteration: int) -> None: ...
 
@@ -36,7 +38,9 @@ class Runtime:
     dispatcher: Dispatcher
     # How a position is scored; the default loads the search's base model (swarmq.modeling).
     # Replaceable for objectives that need no language model, and for engine tests.
-    evaluate: Callable[..., tuple[float, dict[str, Any]]] = field(default_factory=lambda: _model_evaluate)
+    evaluate: Callable[..., tuple[float, dict[str, Any]]] = field(
+        default_factory=lambda: _model_evaluate
+    )
 
 
 _current: Runtime | None = None
@@ -52,7 +56,10 @@ def install_runtime(runtime: Runtime) -> Runtime:
 def current_runtime() -> Runtime:
     """The installed runtime; a task run outside a worker or runner gets a clear error."""
     if _current is None:
-        raise SwarmqError("no swarmq runtime is installed in this process (start it with swarmq run or swarmq worker)")
+        raise SwarmqError(
+            "no swarmq runtime is installed in this process "
+            "(start it with swarmq run or swarmq worker)"
+        )
     return _current
 
 
@@ -62,11 +69,13 @@ def _model_evaluate(
     """Evaluate a position with the process's resident model for the search's base model."""
     from swarmq.modeling import get_evaluator
 
-    result = get_evaluator(config, adapter_config).evaluate(layout, vector, split)
+    result = get_evaluator(config, adapter_config).evaluate(layout, vector, split)  # type: ignore[arg-type]
     return result.value, dict(result.metrics)
 
 
-def runtime_from_settings(settings: Settings, dispatcher: Dispatcher, *, create: bool = True) -> Runtime:
+def runtime_from_settings(
+    settings: Settings, dispatcher: Dispatcher, *, create: bool = True
+) -> Runtime:
     """Open the database (creating an empty one's schema when ``create``) and the store."""
     db = Database(settings.database_url)
     db.check_schema(create=create)

@@ -34,11 +34,21 @@ class LocalQueue:
 
     def send_evaluation(self, search_id: str, iteration: int, particle: int, split: str) -> None:
         self.messages.append(
-            ("swarmq.evaluate", {"search_id": search_id, "iteration": iteration, "particle": particle, "split": split})
+            (
+                "swarmq.evaluate",
+                {
+                    "search_id": search_id,
+                    "iteration": iteration,
+                    "particle": particle,
+                    "split": split,
+                },
+            )
         )
 
     def send_coordination(self, search_id: str, iteration: int) -> None:
-        self.messages.append(("swarmq.coordinate", {"search_id": search_id, "iteration": iteration}))
+        self.messages.append(
+            ("swarmq.coordinate", {"search_id": search_id, "iteration": iteration})
+        )
 
 
 class EmbeddedRunner:
@@ -55,7 +65,9 @@ class EmbeddedRunner:
         """Validate and record a new search; returns its id (nothing runs yet)."""
         return create_search(self.runtime, config)
 
-    def drive(self, search_id: str, on_message: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+    def drive(
+        self, search_id: str, on_message: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> None:
         """Run a search's outstanding work until none is left.
 
         Evaluations left ``running`` by a killed process are reset first: in embedded mode no

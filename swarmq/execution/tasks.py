@@ -21,4 +21,8 @@ def evaluate(search_id: str, iteration: int, particle: int, split: str = "dev") 
 def coordinate(search_id: str, iteration: int) -> dict[str, Any]:
     """Apply an iteration whose evaluations are all in; a repeated call is a no-op."""
     result = coordinate_iteration(current_runtime(), search_id, iteration)
-    return {"status": result.status, "next_iteration": result.next_iteration, "reason": result.reason}
+    return {
+        "status": result.status,
+        "next_iteration": result.next_iteration,
+        "reason": result.reason,
+    }

@@ -45,7 +45,9 @@ def decode_vector(data: bytes, digest: str) -> np.ndarray:
     except Exception as err:  # the safetensors parser raises several types
         raise ArtifactError(f"artifact {digest} is not a valid safetensors file: {err}") from None
     if set(tensors) != {_TENSOR}:
-        raise ArtifactError(f"artifact {digest} holds tensors {sorted(tensors)}, expected [{_TENSOR!r}]")
+        raise ArtifactError(
+            f"artifact {digest} holds tensors {sorted(tensors)}, expected [{_TENSOR!r}]"
+        )
     return tensors[_TENSOR]
 
 
@@ -148,6 +150,8 @@ class LocalArtifactStore(ArtifactStore):
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            raise ArtifactError(f"artifact {digest} is missing from the store {self.root}") from None
+            raise ArtifactError(
+                f"artifact {digest} is missing from the store {self.root}"
+            ) from None
         except OSError as err:
             raise ArtifactError(f"cannot read artifact {digest} from {path}: {err}") from None

@@ -57,7 +57,9 @@ class Database:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+                Path(parsed.database).expanduser().resolve().parent.mkdir(
+                    parents=True, exist_ok=True
+                )
             kwargs["connect_args"] = {"timeout": 60}
         else:
             kwargs["pool_pre_ping"] = True  # survive a database restart between tasks
@@ -84,7 +86,9 @@ class Database:
             session.commit()
         except SQLAlchemyError as err:
             session.rollback()
-            raise StorageError(f"database {self.describe()}: {err.__class__.__name__}: {err}") from err
+            raise StorageError(
+                f"database {self.describe()}: {err.__class__.__name__}: {err}"
+            ) from err
         except BaseException:
             session.rollback()
             raise

@@ -8,7 +8,7 @@ idempotent: a replayed task finds its row and does nothing.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -43,7 +43,10 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
 
 
 class SearchRow(Base):
@@ -74,7 +77,9 @@ class ParticleRow(Base):
 
     __tablename__ = "particles"
 
-    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True)
+    search_id: Mapped[str] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True
+    )
     index: Mapped[int] = mapped_column(Integer, primary_key=True)
     expert_name: Mapped[str | None] = mapped_column(String(500))
     parent_first: Mapped[int | None] = mapped_column(Integer)
@@ -92,7 +97,9 @@ class IterationRow(Base):
 
     __tablename__ = "iterations"
 
-    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True)
+    search_id: Mapped[str] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True
+    )
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(String(16))  # evaluating | applied
     step_length: Mapped[float | None] = mapped_column(Float)  # lambda that produced it; None at 0
@@ -121,7 +128,9 @@ class ParticleStateRow(Base):
     __tablename__ = "particle_states"
     __table_args__ = (
         ForeignKeyConstraint(
-            ["search_id", "iteration"], ["iterations.search_id", "iterations.number"], ondelete="CASCADE"
+            ["search_id", "iteration"],
+            ["iterations.search_id", "iterations.number"],
+            ondelete="CASCADE",
         ),
     )
 

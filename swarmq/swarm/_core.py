@@ -75,7 +75,10 @@ def expand_population(
 
 
 def initial_velocity(
-    mode: str, positions: Sequence[np.ndarray], particle: int, seed: int,
+    mode: str,
+    positions: Sequence[np.ndarray],
+    particle: int,
+    seed: int,
     global_best: np.ndarray | None = None,
 ) -> np.ndarray:
     """Starting velocity of one particle (step 1.3).
@@ -127,13 +130,20 @@ def update_coefficients(factors: Factors, params: SwarmParams) -> tuple[float, f
     d = factors.r_w * params.repel if params.repel_term else 0.0
     total = a + b + c + d
     if total <= 0.0:
-        raise ValueError("the update coefficients sum to 0; raise one of inertia/cognitive/social/repel")
+        raise ValueError(
+            "the update coefficients sum to 0; raise one of inertia/cognitive/social/repel"
+        )
     return a / total, b / total, c / total, d / total
 
 
 def apply_update(
-    x: np.ndarray, v: np.ndarray, p: np.ndarray, g: np.ndarray, g_worst: np.ndarray,
-    coefficients: tuple[float, float, float, float], step: float,
+    x: np.ndarray,
+    v: np.ndarray,
+    p: np.ndarray,
+    g: np.ndarray,
+    g_worst: np.ndarray,
+    coefficients: tuple[float, float, float, float],
+    step: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Move one particle (step 2.3); returns the new ``(x, v)``.
 
@@ -201,7 +211,9 @@ class Best:
     utility: float
 
 
-def select_best(current: Best | None, utilities: Sequence[float | None], iteration: int) -> Best | None:
+def select_best(
+    current: Best | None, utilities: Sequence[float | None], iteration: int
+) -> Best | None:
     """Global best after an iteration (step 2.5): the first particle reaching a new maximum.
 
     ``None`` utilities (skipped evaluations) take no part. The record changes only when the
@@ -214,7 +226,9 @@ def select_best(current: Best | None, utilities: Sequence[float | None], iterati
     return best
 
 
-def select_worst(current: Best | None, utilities: Sequence[float | None], iteration: int) -> Best | None:
+def select_worst(
+    current: Best | None, utilities: Sequence[float | None], iteration: int
+) -> Best | None:
     """Global worst after an iteration: the first particle reaching a new strict minimum."""
     worst = current
     for i, u in enumerate(utilities):
@@ -223,7 +237,9 @@ def select_worst(current: Best | None, utilities: Sequence[float | None], iterat
     return worst
 
 
-def skipped_evaluations(seed: int, iteration: int, n_particles: int, params: SwarmParams) -> list[bool]:
+def skipped_evaluations(
+    seed: int, iteration: int, n_particles: int, params: SwarmParams
+) -> list[bool]:
     """Which particles skip their evaluation at ``iteration`` (dropout-K and dropout-N).
 
     Dropout-K skips the whole iteration with probability K; otherwise each particle is skipped

@@ -24,7 +24,9 @@ class Stream(IntEnum):
     DROPOUT_PARTICLE = 5
 
 
-def generator(seed: int, stream: Stream, iteration: int = 0, particle: int = 0) -> np.random.Generator:
+def generator(
+    seed: int, stream: Stream, iteration: int = 0, particle: int = 0
+) -> np.random.Generator:
     """A PCG64 generator for one (seed, stream, iteration, particle) key."""
     seq = np.random.SeedSequence(entropy=seed, spawn_key=(int(stream), iteration, particle))
     return np.random.Generator(np.random.PCG64(seq))

@@ -19,7 +19,7 @@ DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One tensor of a position: its key, shape and safetensors dtype name (``F32``, ``BF16``...)."""
+    """One tensor of a position: key, shape and safetensors dtype name (``F32``, ``BF16``...)."""
 
     key: str
     shape: tuple[int, ...]
