@@ -162,36 +162,6 @@ def _summary_dict(s: Any) -> dict[str, Any]:
 
 
 @main.command()
-@click.argument("search_id")
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder to write.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace a previous export in that folder.")
-@click.pass_obj
-def export(settings: Settings, search_id: str, out_dir: Path, overwrite: bool) -> None:
-    """Write the global best of SEARCH as a peft adapter folder."""
-    from swarmq.engine import Runtime, global_best_position
-    from swarmq.execution import LocalQueue
-    from swarmq.storage import Database, LocalArtifactStore
-    from swarmq.weights import export_adapter
-
-    db = Database(settings.database_url)
-    db.check_schema()
-    rt = Runtime(db, LocalArtifactStore(settings.artifacts), LocalQueue())
-    layout, vector, adapter_config, info = global_best_position(rt, search_id)
-    path = export_adapter(
-        layout, vector, out_dir, adapter_config, metadata=info, overwrite=overwrite
-    )
-    console.print(
-        f"exported the global best (utility {info['swarmq_utility']}) to {path}", highlight=False
-    )
-
-
-@main.command()
 @click.option(
     "--cache",
     "cache_dir",
