@@ -25,6 +25,7 @@ __all__ = [
     "new_search_id",
     "params_of",
     "put_vectors_in_txn",
+    "record_artifacts_in_txn",
     "require_finite",
     "search_in_txn",
 ]
@@ -90,26 +91,37 @@ def put_vectors_in_txn(
 ) -> list[str]:
     """Write vectors to the store (durably, first) and record them; returns their hashes.
 
-    ``vectors`` yields ``(kind, array)``. The rows are inserted with "on conflict do nothing",
-    since equal arrays share one artifact.
+    ``vectors`` yields ``(kind, array)``.
     """
     hashes: list[str] = []
-    rows: dict[str, dict[str, Any]] = {}
+    rows: list[tuple[str, str, int]] = []
     for kind, vec in vectors:
         digest = store.put_vector(vec)
         hashes.append(digest)
-        rows.setdefault(digest, {"hash": digest, "kind": kind, "nbytes": int(vec.nbytes)})
-    if rows:
-        dialect = session.get_bind().dialect.name
-        values = list(rows.values())
-        if dialect == "postgresql":
-            session.execute(pg_insert(Artifact).values(values).on_conflict_do_nothing())
-        elif dialect == "sqlite":
-            session.execute(sqlite_insert(Artifact).values(values).on_conflict_do_nothing())
-        else:  # other backends: check first, then insert
-            existing = set(session.scalars(select(Artifact.hash).where(Artifact.hash.in_(rows))))
-            session.add_all(Artifact(**v) for v in values if v["hash"] not in existing)
+        rows.append((digest, kind, int(vec.nbytes)))
+    record_artifacts_in_txn(session, rows)
     return hashes
+
+
+def record_artifacts_in_txn(session: Session, artifacts: Iterable[tuple[str, str, int]]) -> None:
+    """Insert ``(hash, kind, nbytes)`` artifact rows, "on conflict do nothing".
+
+    Equal arrays share one artifact, so the same hash may be recorded many times.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for digest, kind, nbytes in artifacts:
+        rows.setdefault(digest, {"hash": digest, "kind": kind, "nbytes": nbytes})
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    values = list(rows.values())
+    if dialect == "postgresql":
+        session.execute(pg_insert(Artifact).values(values).on_conflict_do_nothing())
+    elif dialect == "sqlite":
+        session.execute(sqlite_insert(Artifact).values(values).on_conflict_do_nothing())
+    else:  # other backends: check first, then insert
+        existing = set(session.scalars(select(Artifact.hash).where(Artifact.hash.in_(rows))))
+        session.add_all(Artifact(**v) for v in values if v["hash"] not in existing)
 
 
 def require_finite(value: float, what: str) -> float:

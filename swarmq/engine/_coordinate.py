@@ -8,6 +8,8 @@ evaluations. A second coordinator run of the same iteration finds it applied and
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,13 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from swarmq.engine._common import config_of, params_of, put_vectors_in_txn, search_in_txn
+from swarmq.engine._common import (
+    config_of,
+    params_of,
+    put_vectors_in_txn,
+    record_artifacts_in_txn,
+    search_in_txn,
+)
 from swarmq.engine._runtime import Runtime
 from swarmq.errors import NotFoundError
 from swarmq.storage import EvaluationRow, IterationRow, ParticleStateRow, utcnow
@@ -229,39 +237,59 @@ def _create_next(
         )
     )
     s.flush()
-    for i, st in enumerate(states):
-        assert (
-            st.best_hash is not None
-            and st.best_iteration is not None
-            and st.velocity_hash is not None
-        )
-        p = store.get_vector(st.best_hash)
-        restarted = needs_restart(nxt, st.best_iteration, params)
-        if restarted:
-            x, v = p, np.zeros_like(p)
-            x_hash, v_hash = st.best_hash, None
-        else:
-            x, v = store.get_vector(st.position_hash), store.get_vector(st.velocity_hash)
-            x_hash, v_hash = st.position_hash, st.velocity_hash
-        factors = draw_factors(seed, nxt, i, params.random_weights)
-        coefficients = update_coefficients(factors, params)
-        new_x, new_v = apply_update(x, v, p, g, g_worst, coefficients, step)
-        new_x_hash, new_v_hash = put_vectors_in_txn(
-            s, store, (("position", new_x), ("velocity", new_v))
-        )
-        update: dict[str, Any] = {
-            "factors": [factors.r_v, factors.r_p, factors.r_g, factors.r_w],
-            "coefficients": list(coefficients),
-            "step_length": step,
-            "restarted": restarted,
-            # What the update read: x and v after a restart are p and 0 (v_hash None).
-            "x": x_hash,
-            "v": v_hash,
-            "p": st.best_hash,
-            "g": it.best_hash,
-            "g_worst": it.worst_hash,
-        }
-        skip = skipped[i]
+    # Durable writes of the new positions and velocities dominate this step; they run on a few
+    # threads (file I/O and hashing release the GIL) while the next particle is computed.
+    # At most `window` arrays wait in memory, so large adapters do not pile up.
+    window = 8
+    pending: deque[Future[str]] = deque()
+    writes: list[Future[str]] = []
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="swarmq-write") as pool:
+        updates: list[tuple[dict[str, Any], bool]] = []
+        for i, st in enumerate(states):
+            assert (
+                st.best_hash is not None
+                and st.best_iteration is not None
+                and st.velocity_hash is not None
+            )
+            p = store.get_vector(st.best_hash)
+            restarted = needs_restart(nxt, st.best_iteration, params)
+            if restarted:
+                x, v = p, np.zeros_like(p)
+                x_hash, v_hash = st.best_hash, None
+            else:
+                # A particle sitting at its personal best (always at iteration 0) reads it once.
+                x = p if st.position_hash == st.best_hash else store.get_vector(st.position_hash)
+                v = store.get_vector(st.velocity_hash)
+                x_hash, v_hash = st.position_hash, st.velocity_hash
+            factors = draw_factors(seed, nxt, i, params.random_weights)
+            coefficients = update_coefficients(factors, params)
+            new_x, new_v = apply_update(x, v, p, g, g_worst, coefficients, step)
+            for vec in (new_x, new_v):
+                while len(pending) >= window:
+                    pending.popleft().result()
+                future = pool.submit(store.put_vector, vec)
+                pending.append(future)
+                writes.append(future)
+            update: dict[str, Any] = {
+                "factors": [factors.r_v, factors.r_p, factors.r_g, factors.r_w],
+                "coefficients": list(coefficients),
+                "step_length": step,
+                "restarted": restarted,
+                # What the update read: x and v after a restart are p and 0 (v_hash None).
+                "x": x_hash,
+                "v": v_hash,
+                "p": st.best_hash,
+                "g": it.best_hash,
+                "g_worst": it.worst_hash,
+            }
+            updates.append((update, skipped[i]))
+        hashes = [f.result() for f in writes]  # re-raises a failed write (e.g. a full disk)
+    nbytes = int(g.nbytes)
+    record_artifacts_in_txn(
+        s, ((h, "position" if k % 2 == 0 else "velocity", nbytes) for k, h in enumerate(hashes))
+    )
+    for i, (st, (update, skip)) in enumerate(zip(states, updates, strict=True)):
+        new_x_hash, new_v_hash = hashes[2 * i], hashes[2 * i + 1]
         s.add(
             ParticleStateRow(
                 search_id=search_id,
@@ -269,7 +297,7 @@ def _create_next(
                 particle=i,
                 position_hash=new_x_hash,
                 velocity_hash=new_v_hash,
-                restarted=restarted,
+                restarted=update["restarted"],
                 update=update,
                 # A particle skipped by dropout keeps its previous utility but still moves.
                 utility=st.utility if skip else None,
