@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,9 @@ class _Group(click.Group):
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None, artifacts: str | None) -> None:
     """swarmq: Model Swarms search over LLM expert adapters, crash-safe and resumable."""
+    # Model loading bars and library deprecation notices would drown swarmq's own progress.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
     ctx.obj = load_settings(database_url, artifacts)
 
 
