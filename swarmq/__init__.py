@@ -9,6 +9,7 @@ The packages, by concern:
 * :mod:`swarmq.storage` - the database and the artifact store;
 * :mod:`swarmq.engine` - create, evaluate, coordinate and recover searches;
 * :mod:`swarmq.execution` - Celery tasks and the embedded runner;
+* :mod:`swarmq.reporting` - reports, baselines, audit and history of a search;
 * :mod:`swarmq.cli` - the ``swarmq`` command.
 """
 

@@ -1,33 +1,243 @@
-"""Where swarmq keeps its record: database URL and artifact store.
+"""Where swarmq keeps its record, which broker it uses, and the worker reliability policy.
 
-Precedence, highest first: a command-line option (``--db``, ``--artifacts``), the environment
-(``SWARMQ_DATABASE_URL``, ``SWARMQ_ARTIFACTS``), then the embedded defaults: a SQLite file and a
-folder under ``./.swarmq`` in the current directory.
+Every setting is resolved from, highest precedence first:
+
+1. a command-line option (``--db``, ``--artifacts``, ``--broker``, ``--settings``);
+2. the environment: ``SWARMQ_`` + the setting's name in capitals (``SWARMQ_DATABASE_URL``,
+   ``SWARMQ_BROKER_URL``, ``SWARMQ_MAX_ATTEMPTS``, ...);
+3. the settings file, a flat TOML table of the same names, named by ``--settings`` or
+   ``SWARMQ_SETTINGS``;
+4. the defaults: the embedded mode, with a SQLite file and an artifact folder under ``./.swarmq``
+   and no broker.
+
+A broker URL switches the commands that dispatch work (``submit``, ``resume``, ``reconcile``,
+``worker``) to the distributed mode; without one everything runs in this process.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Settings", "load_settings"]
+from swarmq.errors import ConfigError
+
+__all__ = ["DEFAULT_HOME", "SETTING_NAMES", "Settings", "load_settings"]
 
 DEFAULT_HOME = Path(".swarmq")
+ENV_PREFIX = "SWARMQ_"
+SETTINGS_FILE_ENV = "SWARMQ_SETTINGS"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved storage settings."""
+    """Resolved settings: storage, broker, and the reliability policy of the workers.
+
+    Times are in seconds. ``sources`` says where each value came from (option, environment,
+    file or default), for ``swarmq settings``; it holds no values, so no credentials.
+    """
 
     database_url: str
+    # The artifact store: a folder that every worker and the coordinator mount at the same
+    # path (NFS, a shared volume). Other stores implement swarmq.storage.ArtifactStore.
     artifacts: Path
+    # None: the embedded mode (no servers). redis://... or amqp://... (RabbitMQ).
+    broker_url: str | None = None
+    # An evaluation is given up (and its search failed, with the reason recorded) after this
+    # many claims: a task that kills its worker every time must not be redelivered forever.
+    max_attempts: int = 3
+    # The soft limit raises in the task, which records the error and retries within
+    # max_attempts; the hard limit kills a task that ignores the soft one.
+    soft_time_limit: float = 3600.0
+    time_limit: float = 3900.0
+    # Redis re-delivers a message not acknowledged within this time. With late acknowledgement
+    # a message stays unacknowledged while its task runs, so this must exceed the hard time
+    # limit or a live evaluation would be delivered twice. None: time_limit + 600.
+    visibility_timeout: float | None = None
+    # A running evaluation writes heartbeat_at this often; one silent for heartbeat_timeout is
+    # taken as dead (its worker or machine is gone) and re-dispatched.
+    heartbeat_interval: float = 15.0
+    heartbeat_timeout: float = 120.0
+    # How often the coordinator's reconciler looks for lost work, and how old a dispatch must be
+    # before a missing message counts as lost (a message is sent just after its row commits).
+    reconcile_interval: float = 30.0
+    dispatch_grace: float = 60.0
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def distributed(self) -> bool:
+        """Whether a broker is configured (the distributed mode)."""
+        return bool(self.broker_url)
+
+    @property
+    def effective_visibility_timeout(self) -> float:
+        """The visibility timeout to give the broker: the setting, or ``time_limit + 600``."""
+        if self.visibility_timeout is not None:
+            return self.visibility_timeout
+        return self.time_limit + 600.0
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as ``SWARMQ_*`` environment variables, for child processes."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            if f.name == "sources":
+                continue
+            value = getattr(self, f.name)
+            if value is not None:
+                env[ENV_PREFIX + f.name.upper()] = str(value)
+        return env
 
 
-def load_settings(database_url: str | None = None, artifacts: str | Path | None = None) -> Settings:
-    """Resolve the settings from explicit values, then the environment, then the defaults."""
-    url = database_url or os.environ.get("SWARMQ_DATABASE_URL")
-    if not url:
-        url = f"sqlite:///{(DEFAULT_HOME / 'swarmq.db').resolve()}"
-    store = artifacts or os.environ.get("SWARMQ_ARTIFACTS") or DEFAULT_HOME / "artifacts"
-    return Settings(database_url=url, artifacts=Path(store).expanduser().resolve())
+SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings) if f.name != "sources")
+_TYPES: dict[str, type] = {
+    "database_url": str,
+    "artifacts": Path,
+    "broker_url": str,
+    "max_attempts": int,
+    "soft_time_limit": float,
+    "time_limit": float,
+    "visibility_timeout": float,
+    "heartbeat_interval": float,
+    "heartbeat_timeout": float,
+    "reconcile_interval": float,
+    "dispatch_grace": float,
+}
+
+
+def _validate(s: Settings) -> None:
+    def where(name: str) -> str:
+        return f"{name} (from {s.sources.get(name, 'the caller')})"
+
+    if s.max_attempts < 1:
+        raise ConfigError(f"{where('max_attempts')} = {s.max_attempts}: must be at least 1")
+    for name in (
+        "soft_time_limit",
+        "time_limit",
+        "heartbeat_interval",
+        "heartbeat_timeout",
+        "reconcile_interval",
+    ):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{where(name)} = {getattr(s, name)}: must be above 0")
+    if s.dispatch_grace < 0:
+        raise ConfigError(f"{where('dispatch_grace')} = {s.dispatch_grace}: must be 0 or more")
+    if s.soft_time_limit >= s.time_limit:
+        raise ConfigError(
+            f"{where('soft_time_limit')} = {s.soft_time_limit} must be below "
+            f"{where('time_limit')} = {s.time_limit}: the soft limit lets the task record its "
+            "error before the hard limit kills it"
+        )
+    if s.visibility_timeout is not None and s.visibility_timeout <= s.time_limit:
+        raise ConfigError(
+            f"{where('visibility_timeout')} = {s.visibility_timeout} must be above "
+            f"{where('time_limit')} = {s.time_limit}: otherwise the broker delivers a running "
+            "evaluation a second time"
+        )
+    if s.heartbeat_timeout < 2 * s.heartbeat_interval:
+        raise ConfigError(
+            f"{where('heartbeat_timeout')} = {s.heartbeat_timeout} must be at least twice "
+            f"{where('heartbeat_interval')} = {s.heartbeat_interval}: one late heartbeat must "
+            "not make a live evaluation look dead"
+        )
+
+
+def _convert(name: str, raw: Any, source: str) -> Any:
+    kind = _TYPES[name]
+    if kind is Path:
+        if not isinstance(raw, str | Path) or not str(raw):
+            raise ConfigError(f"{name} from {source} must be a folder path, got {raw!r}")
+        return Path(raw).expanduser().resolve()
+    if kind is str:
+        if not isinstance(raw, str):
+            raise ConfigError(f"{name} from {source} must be a string, got {raw!r}")
+        return raw
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = kind(raw)
+        if kind is int and isinstance(raw, float | str) and float(raw) != value:
+            raise ValueError
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number of seconds"
+        raise ConfigError(f"{name} from {source} must be {what}, got {raw!r}") from None
+    return value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"settings file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"settings file {path}: not valid TOML: {err}") from None
+    unknown = sorted(set(data) - set(SETTING_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"settings file {path}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(SETTING_NAMES)}"
+        )
+    return data
+
+
+def load_settings(
+    database_url: str | None = None,
+    artifacts: str | Path | None = None,
+    *,
+    broker_url: str | None = None,
+    settings_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Settings:
+    """Resolve the settings: explicit values, then the environment, the file, the defaults.
+
+    ``options`` are further explicit values by setting name (``max_attempts=5``); ``None``
+    means "not given". Raises :class:`ConfigError` naming a bad value and where it came from.
+    """
+    env = os.environ if environ is None else environ
+    explicit: dict[str, Any] = {
+        "database_url": database_url,
+        "artifacts": artifacts,
+        "broker_url": broker_url,
+    } | options
+    unknown = sorted(set(explicit) - set(SETTING_NAMES))
+    if unknown:
+        raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
+    file_name = settings_file or env.get(SETTINGS_FILE_ENV)
+    file_values = _read_file(Path(file_name).expanduser()) if file_name else {}
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name in SETTING_NAMES:
+        env_name = ENV_PREFIX + name.upper()
+        if explicit.get(name) not in (None, ""):
+            raw, source = explicit[name], "option"
+        elif env.get(env_name):
+            raw, source = env[env_name], f"environment {env_name}"
+        elif name in file_values:
+            raw, source = file_values[name], f"settings file {file_name}"
+        else:
+            continue
+        values[name] = _convert(name, raw, source)
+        sources[name] = source
+
+    if "database_url" not in values:
+        values["database_url"] = f"sqlite:///{(DEFAULT_HOME / 'swarmq.db').resolve()}"
+        sources["database_url"] = "default"
+    if "artifacts" not in values:
+        values["artifacts"] = (DEFAULT_HOME / "artifacts").resolve()
+        sources["artifacts"] = "default"
+    for name in SETTING_NAMES:
+        sources.setdefault(name, "default")
+    return Settings(**values, sources=sources)
+
+
+def with_overrides(settings: Settings, **values: Any) -> Settings:
+    """A copy of ``settings`` with some values replaced (validated again)."""
+    sources = dict(settings.sources) | dict.fromkeys(values, "option")
+    return replace(settings, **values, sources=sources)

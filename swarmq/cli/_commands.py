@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from swarmq.cli._output import (
     console,
@@ -49,14 +50,42 @@ class _Group(click.Group):
     type=click.Path(file_okay=False),
     help="Artifact store folder (default: ./.swarmq/artifacts).",
 )
+@click.option(
+    "--broker",
+    "broker_url",
+    envvar="SWARMQ_BROKER_URL",
+    help="Broker URL of the distributed mode (redis://..., amqp://...); none: embedded.",
+)
+@click.option(
+    "--settings",
+    "settings_file",
+    envvar="SWARMQ_SETTINGS",
+    type=click.Path(dir_okay=False),
+    help="Settings file (TOML); options and SWARMQ_* variables take precedence over it.",
+)
 @click.version_option(package_name="swarmq")
 @click.pass_context
-def main(ctx: click.Context, database_url: str | None, artifacts: str | None) -> None:
+def main(
+    ctx: click.Context,
+    database_url: str | None,
+    artifacts: str | None,
+    broker_url: str | None,
+    settings_file: str | None,
+) -> None:
     """swarmq: Model Swarms search over LLM expert adapters, crash-safe and resumable."""
     # Model loading bars and library deprecation notices would drown swarmq's own progress.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
-    ctx.obj = load_settings(database_url, artifacts)
+    # Values click read from SWARMQ_* are left to load_settings, which records their source.
+    def given(name: str, value: str | None) -> str | None:
+        return None if ctx.get_parameter_source(name) == ParameterSource.ENVIRONMENT else value
+
+    ctx.obj = load_settings(
+        given("database_url", database_url),
+        given("artifacts", artifacts),
+        broker_url=given("broker_url", broker_url),
+        settings_file=settings_file,
+    )
 
 
 def _runner(settings: Settings) -> Any:
@@ -102,9 +131,26 @@ def run(settings: Settings, config: Path, quiet: bool) -> None:
 @main.command()
 @click.argument("search_id")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--embedded", is_flag=True, help="Run the rest in this process even if a broker is set."
+)
 @click.pass_obj
-def resume(settings: Settings, search_id: str, quiet: bool) -> None:
-    """Continue SEARCH from where the database says it stopped."""
+def resume(settings: Settings, search_id: str, quiet: bool, embedded: bool) -> None:
+    """Continue SEARCH from where the database says it stopped.
+
+    With a broker configured, reopen it and send the work it needs to the workers, then return
+    (follow it with `swarmq watch`); otherwise, or with --embedded, run it here to the end.
+    """
+    if settings.distributed and not embedded:
+        from swarmq.execution import DistributedClient
+
+        report = DistributedClient(settings).resume(search_id)
+        err_console.print(
+            f"search [bold]{search_id}[/] resumed: sent {len(report.work)} message(s) "
+            f"({report.describe()}); follow it with: swarmq watch {search_id}",
+            highlight=False,
+        )
+        return
     runner = _runner(settings)
     _drive(runner, search_id, quiet)
 
@@ -119,6 +165,7 @@ def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
         best_history,
         final_report,
         list_searches,
+        search_activity,
         search_summary,
         utility_histories,
     )
@@ -138,10 +185,13 @@ def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
     s = search_summary(db, search_id)
     histories = utility_histories(db, search_id)
     report = final_report(db, search_id)
+    activity = search_activity(db, search_id, settings.heartbeat_timeout)
     if as_json:
         out = _summary_dict(s) | {
             "best_history": best_history(db, search_id),
             "utility_histories": histories,
+            "evaluations": activity.counts,
+            "workers": activity.workers,
         }
         if report is not None:
             out["final"] = {
@@ -153,6 +203,10 @@ def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
     console.print(summary_table([s]))
     if s.stop_reason:
         console.print(f"stopped: {s.stop_reason}", highlight=False)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(activity.counts.items()))
+    console.print(f"evaluations: {counts or 'none'}", highlight=False)
+    if activity.workers:
+        console.print(f"working on it: {', '.join(activity.workers)}", highlight=False)
     for i, h in enumerate(histories):
         console.print(f"particle {i:3d}: " + " ".join(fmt(u) for u in h[-12:]), highlight=False)
     if report is not None:

@@ -1,14 +1,21 @@
-"""The synthetic skills of the demo: a fixed vocabulary, expert skills and the target task.
+"""The synthetic skills of the demo: a fixed vocabulary, the skills and the target task.
 
-Every item is a prompt ``"<op> <a> <b> ="`` over single digits ``a`` and ``b`` whose answer is a
-single digit token. With the demo's word-level tokenizer a prompt is always the same number of
-tokens and an answer is exactly one token, so ``exact_match`` with ``max_new_tokens = 1`` scores
-exactly what the model answered, nothing more.
+Every item is a prompt ``"<skill> d1 d2 d3 d4 ="`` over four digits whose answer is one digit,
+e.g. ``"max 3 8 1 4 ="`` -> ``"8"``. With the demo's word-level tokenizer every prompt has the same
+number of tokens and every answer is exactly one token, so ``exact_match`` with
+``max_new_tokens = 1`` scores exactly the digit the model chose.
 
-The expert skills each teach one operation. The target task mixes several of those operations in
-one dataset, so no single expert covers it: an expert answers its own share of the target and
-guesses the rest, which leaves clear headroom for a combination of experts (the swarm) to beat
-the best one.
+The skills are small algorithms (pick a position, take the max or min), not lookup tables, so
+models learn them from a few thousand random sequences and are scored on sequences they never
+saw: a fixed, seeded share of all 10**4 digit sequences is reserved for the target task and never
+used for training.
+
+The story the demo tells: the base model was pretrained on all formats but masters none; each
+expert masters one skill; the target mixes all expert skills in equal parts, so no expert was
+trained on it and each is good on only a quarter of it. Combining experts (the swarm) can do
+better than any single one.
+
+This module needs numpy only, so it is cheap to import.
 """
 
 from __future__ import annotations
@@ -17,77 +24,94 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = [
     "BASE_SKILLS",
-    "DIGITS",
     "EXPERT_SKILLS",
+    "SEQ_LEN",
     "SPECIAL_TOKENS",
-    "TARGET_MIX",
     "VOCAB_WORDS",
     "Skill",
+    "eval_sequences",
     "make_target_dataset",
-    "skill_items",
+    "train_sequences",
 ]
 
-DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
+SEQ_LEN = 4
+N_SEQUENCES = 10**SEQ_LEN
+# Share of all digit sequences reserved for the target task (dev and test), never trained on.
+EVAL_SHARE = 0.2
 
 # Special tokens first, so their ids (0..3) are stable whatever words are added later.
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK)
+DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
 
 
 @dataclass(frozen=True)
 class Skill:
-    """One operation on two digits: a prompt keyword and the function giving the answer digit."""
+    """One operation on a digit sequence: its prompt keyword and its answer function.
+
+    ``fn`` maps an ``(n, SEQ_LEN)`` integer array to the ``n`` answer digits.
+    """
 
     name: str
-    keyword: str
-    fn: Callable[[int, int], int]
+    fn: Callable[[np.ndarray], np.ndarray]
 
-    def prompt(self, a: int, b: int) -> str:
-        """The question text, e.g. ``"add 3 5 ="``."""
-        return f"{self.keyword} {a} {b} ="
+    def prompt(self, digits: Sequence[int]) -> str:
+        """The question text, e.g. ``"max 3 8 1 4 ="``."""
+        return f"{self.name} {' '.join(str(int(d)) for d in digits)} ="
 
-    def answer(self, a: int, b: int) -> str:
+    def answer(self, digits: Sequence[int]) -> str:
         """The gold answer, one digit."""
-        return str(self.fn(a, b) % 10)
+        return str(int(self.fn(np.asarray([digits]))[0]))
 
 
-# Generic skills the base model is pretrained on: they teach the answer format ("one digit after
-# '='") and to attend to the operands, but none of the experts' or the target's operations.
+# Generic skills the base model is pretrained on: the answer format and reading the operands.
 BASE_SKILLS: tuple[Skill, ...] = (
-    Skill("first", "first", lambda a, b: a),
-    Skill("second", "second", lambda a, b: b),
+    Skill("first", lambda x: x[:, 0]),
+    Skill("last", lambda x: x[:, -1]),
 )
 
-# One LoRA expert per skill.
+# One LoRA expert per skill. The base sees these too, but only briefly (it masters none).
 EXPERT_SKILLS: tuple[Skill, ...] = (
-    Skill("add", "add", lambda a, b: a + b),
-    Skill("sub", "sub", lambda a, b: a - b),
-    Skill("max", "max", max),
-    Skill("mul", "mul", lambda a, b: a * b),
-)
-
-# The target task: which expert operations it mixes, with their share of the items.
-TARGET_MIX: tuple[tuple[str, float], ...] = (
-    ("add", 0.25),
-    ("sub", 0.25),
-    ("max", 0.25),
-    ("mul", 0.25),
+    Skill("max", lambda x: x.max(axis=1)),
+    Skill("min", lambda x: x.min(axis=1)),
+    Skill("second", lambda x: x[:, 1]),
+    Skill("third", lambda x: x[:, 2]),
 )
 
 VOCAB_WORDS: tuple[str, ...] = (
     *SPECIAL_TOKENS,
     *DIGITS,
     "=",
-    *(s.keyword for s in BASE_SKILLS),
-    *(s.keyword for s in EXPERT_SKILLS),
+    *(s.name for s in BASE_SKILLS),
+    *(s.name for s in EXPERT_SKILLS),
 )
 
 
-def skill_items(skill: Skill) -> list[tuple[str, str]]:
-    """All 100 ``(question, answer)`` pairs of a skill, in a fixed order."""
-    return [(skill.prompt(a, b), skill.answer(a, b)) for a in range(10) for b in range(10)]
+def _all_sequences() -> np.ndarray:
+    """All ``10**SEQ_LEN`` digit sequences, row ``i`` spelling ``i`` in base 10."""
+    idx = np.arange(N_SEQUENCES)
+    cols = [(idx // 10 ** (SEQ_LEN - 1 - k)) % 10 for k in range(SEQ_LEN)]
+    return np.stack(cols, axis=1).astype(np.int64)
+
+
+def _split_indices(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(N_SEQUENCES)
+    n_eval = int(N_SEQUENCES * EVAL_SHARE)
+    return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
+
+
+def train_sequences(seed: int) -> np.ndarray:
+    """The digit sequences models may train on: every sequence not reserved for evaluation."""
+    return _all_sequences()[_split_indices(seed)[0]]
+
+
+def eval_sequences(seed: int) -> np.ndarray:
+    """The digit sequences reserved for the target task's dev and test splits."""
+    return _all_sequences()[_split_indices(seed)[1]]
 
 
 def make_target_dataset(
@@ -95,32 +119,20 @@ def make_target_dataset(
 ) -> dict[str, object]:
     """The target task in the exact-match format, with disjoint dev and test splits.
 
-    Items are drawn without replacement from the mixed operations in the proportions of
-    :data:`TARGET_MIX`, so dev and test never share a question.
+    The skills take turns, so each has an equal share of each split (up to one item); every
+    question is drawn from the reserved sequences, and no question is in both splits.
     """
-    by_name = {s.name: s for s in skills}
     rng = random.Random(seed)
-    pools: dict[str, list[tuple[str, str]]] = {}
-    for name, _ in TARGET_MIX:
-        items = skill_items(by_name[name])
-        rng.shuffle(items)
-        pools[name] = items
-
-    def take(n: int) -> list[dict[str, str]]:
-        out: list[dict[str, str]] = []
-        # Largest-remainder rounding keeps the split sizes exact.
-        shares = [(name, w * n) for name, w in TARGET_MIX]
-        counts = {name: int(x) for name, x in shares}
-        left = n - sum(counts.values())
-        for name, _share in sorted(shares, key=lambda t: t[1] - int(t[1]), reverse=True)[:left]:
-            counts[name] += 1
-        for name, _ in TARGET_MIX:
-            for _ in range(counts[name]):
-                q, a = pools[name].pop()
-                out.append({"question": q, "answer": a})
-        rng.shuffle(out)
-        return out
-
-    dev = take(n_dev)
-    test = take(n_test)
+    pool = eval_sequences(seed).tolist()
+    if n_dev + n_test > len(pool):
+        raise ValueError(f"asked for {n_dev + n_test} items, only {len(pool)} reserved sequences")
+    rng.shuffle(pool)
+    items: list[dict[str, str]] = []
+    for i in range(n_dev + n_test):
+        skill = skills[i % len(skills)]
+        digits = pool[i]
+        items.append({"question": skill.prompt(digits), "answer": skill.answer(digits)})
+    dev, test = items[:n_dev], items[n_dev:]
+    rng.shuffle(dev)
+    rng.shuffle(test)
     return {"dataset": "demo_target", "dev": dev, "test": test}

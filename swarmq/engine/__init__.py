@@ -6,7 +6,13 @@ wrappers around them (see :mod:`swarmq.execution`).
 
 from swarmq.engine._coordinate import CoordinationResult, coordinate_iteration
 from swarmq.engine._create import create_search
-from swarmq.engine._evaluate import Outcome, run_evaluation, worker_name
+from swarmq.engine._evaluate import (
+    EvaluationPolicy,
+    Outcome,
+    claim_coordination,
+    run_evaluation,
+    worker_name,
+)
 from swarmq.engine._queries import (
     FinalReport,
     ScoredPosition,
@@ -18,7 +24,24 @@ from swarmq.engine._queries import (
     search_summary,
     utility_histories,
 )
-from swarmq.engine._recover import Work, pending_work, reopen_search, send_work
+from swarmq.engine._reconcile import (
+    Activity,
+    BrokerView,
+    EvaluationKey,
+    ParticleActivity,
+    ReconcileReport,
+    busy_workers,
+    reconcile,
+    search_activity,
+)
+from swarmq.engine._recover import (
+    Work,
+    cancel_search,
+    mark_dispatched,
+    pending_work,
+    reopen_search,
+    send_work,
+)
 from swarmq.engine._runtime import (
     Dispatcher,
     Runtime,
@@ -28,15 +51,24 @@ from swarmq.engine._runtime import (
 )
 
 __all__ = [
+    "Activity",
+    "BrokerView",
     "CoordinationResult",
     "Dispatcher",
+    "EvaluationKey",
+    "EvaluationPolicy",
     "FinalReport",
     "Outcome",
+    "ParticleActivity",
+    "ReconcileReport",
     "Runtime",
     "ScoredPosition",
     "SearchSummary",
     "Work",
     "best_history",
+    "busy_workers",
+    "cancel_search",
+    "claim_coordination",
     "coordinate_iteration",
     "create_search",
     "current_runtime",
@@ -44,10 +76,13 @@ __all__ = [
     "global_best_position",
     "install_runtime",
     "list_searches",
+    "mark_dispatched",
     "pending_work",
+    "reconcile",
     "reopen_search",
     "run_evaluation",
     "runtime_from_settings",
+    "search_activity",
     "search_summary",
     "send_work",
     "utility_histories",

@@ -7,15 +7,24 @@ sending a unit of work that was in fact done is harmless too.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
 from swarmq.engine._common import search_in_txn
 from swarmq.engine._runtime import Runtime
-from swarmq.storage import EvaluationRow, IterationRow
+from swarmq.errors import SwarmqError
+from swarmq.storage import Database, EvaluationRow, IterationRow, utcnow
 
-__all__ = ["Work", "pending_work", "reopen_search", "send_work"]
+__all__ = [
+    "Work",
+    "cancel_search",
+    "mark_dispatched",
+    "pending_work",
+    "reopen_search",
+    "send_work",
+]
 
 
 @dataclass(frozen=True)
@@ -31,23 +40,66 @@ class Work:
 
 def reopen_search(rt: Runtime, search_id: str, *, reset_running: bool) -> str:
     """Prepare a search for ``resume``: failed evaluations (and, in embedded mode, the ones a
-    killed process left ``running``) go back to ``pending``; a failed search runs again.
+    killed process left ``running``) go back to ``pending``; a failed or cancelled search runs
+    again.
 
-    Returns the search's status after reopening.
+    Resuming is a person's decision to try again, so the reopened evaluations start a fresh
+    count of attempts (the cap of the distributed mode stops automatic retries, not people).
+    In the distributed mode ``reset_running`` is false: a running evaluation may be alive on
+    a worker; the reconciler decides from its heartbeat. Returns the search's status after.
     """
     with rt.db.session() as s:
         search = search_in_txn(s, search_id, lock=True)
-        if search.status == "cancelled":
-            return search.status
         states = ["failed", "running"] if reset_running else ["failed"]
         s.execute(
             update(EvaluationRow)
             .where(EvaluationRow.search_id == search_id, EvaluationRow.status.in_(states))
-            .values(status="pending")
+            .values(status="pending", attempts=0, worker=None, dispatched_at=utcnow())
         )
-        if search.status == "failed":
+        if search.status in ("failed", "cancelled"):
             search.status, search.stop_reason, search.finished_at = "running", None, None
         return search.status
+
+
+def cancel_search(db: Database, search_id: str) -> str:
+    """Stop a running (or failed) search; returns its status before.
+
+    Nothing is interrupted: evaluations already running finish and are recorded, queued ones
+    find the search cancelled and do nothing, and the coordinator applies no further
+    iteration. ``swarmq resume`` continues a cancelled search.
+    """
+    with db.session() as s:
+        search = search_in_txn(s, search_id, lock=True)
+        before = search.status
+        if before == "completed":
+            raise SwarmqError(f"search {search_id!r} is already completed; nothing to cancel")
+        if before != "cancelled":
+            search.status, search.finished_at = "cancelled", utcnow()
+            search.stop_reason = "cancelled by the user" + (
+                f" (it had failed: {search.stop_reason})" if before == "failed" else ""
+            )
+        return before
+
+
+def mark_dispatched(db: Database, work: Iterable[Work]) -> None:
+    """Record that messages for these evaluations were just sent (see the reconciler's grace)."""
+    keys = [(w.search_id, w.iteration, w.particle, w.split) for w in work if w.kind == "evaluate"]
+    if not keys:
+        return
+    now = utcnow()
+    with db.session() as s:
+        for search_id, iteration, particle, split in keys:
+            s.execute(
+                update(EvaluationRow)
+                .where(
+                    EvaluationRow.search_id == search_id,
+                    EvaluationRow.iteration == iteration,
+                    EvaluationRow.particle == particle,
+                    EvaluationRow.split == split,
+                    EvaluationRow.status == "pending",
+                )
+                .values(dispatched_at=now)
+            )
 
 
 def pending_work(rt: Runtime, search_id: str) -> list[Work]:
@@ -86,6 +138,7 @@ def pending_work(rt: Runtime, search_id: str) -> list[Work]:
 
 
 def send_work(rt: Runtime, work: list[Work]) -> None:
+    """Send each unit of work through the runtime's dispatcher, in order."""
     for w in work:
         if w.kind == "evaluate":
             rt.dispatcher.send_evaluation(w.search_id, w.iteration, w.particle, w.split)

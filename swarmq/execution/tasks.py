@@ -1,28 +1,89 @@
-"""Celery tasks: thin wrappers that call the engine with the process's runtime."""
+"""Celery tasks: thin wrappers that call the engine with the process's runtime.
+
+Their keyword arguments (``search_id``, ``iteration``, ``particle``, ``split``) are what Flower
+shows; the dispatcher adds a short ``search=… iteration=… particle=…`` representation.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from swarmq.engine import coordinate_iteration, current_runtime, run_evaluation
+from swarmq.engine import (
+    claim_coordination,
+    coordinate_iteration,
+    current_runtime,
+    run_evaluation,
+)
+from swarmq.engine import reconcile as reconcile_searches
 from swarmq.execution._app import app
+from swarmq.execution._context import current_policy, worker_settings
 
-__all__ = ["coordinate", "evaluate"]
+__all__ = ["coordinate", "evaluate", "reconcile"]
+
+log = logging.getLogger(__name__)
 
 
 @app.task(name="swarmq.evaluate")
 def evaluate(search_id: str, iteration: int, particle: int, split: str = "dev") -> dict[str, Any]:
     """Evaluate one particle's position at one iteration on one split, exactly once."""
-    outcome = run_evaluation(current_runtime(), search_id, iteration, particle, split)
+    outcome = run_evaluation(
+        current_runtime(), search_id, iteration, particle, split, policy=current_policy()
+    )
+    if outcome.status not in ("done", "duplicate"):
+        log.info(
+            "evaluation search=%s iteration=%s particle=%s split=%s: %s",
+            search_id,
+            iteration,
+            particle,
+            split,
+            outcome.status,
+        )
     return {"status": outcome.status, "utility": outcome.utility}
 
 
 @app.task(name="swarmq.coordinate")
 def coordinate(search_id: str, iteration: int) -> dict[str, Any]:
     """Apply an iteration whose evaluations are all in; a repeated call is a no-op."""
-    result = coordinate_iteration(current_runtime(), search_id, iteration)
+    rt = current_runtime()
+    # In a worker, count the attempt first: a coordination that kills its process is
+    # redelivered, and the cap must stop that loop (the embedded mode has no redelivery).
+    if worker_settings() is not None and not claim_coordination(
+        rt, search_id, iteration, current_policy()
+    ):
+        log.error("coordination search=%s iteration=%s given up", search_id, iteration)
+        return {"status": "failed", "next_iteration": None, "reason": "attempts exhausted"}
+    result = coordinate_iteration(rt, search_id, iteration)
     return {
         "status": result.status,
         "next_iteration": result.next_iteration,
         "reason": result.reason,
+    }
+
+
+@app.task(name="swarmq.reconcile")
+def reconcile(startup: bool = False) -> dict[str, Any]:
+    """Send again the work whose message was lost or whose worker stopped beating.
+
+    ``startup`` (the coordinator's first pass) gives no grace: a coordinator killed in the
+    middle of a coordination left its message unacknowledged in the broker, and waiting for
+    the broker's visibility timeout would stall the search for an hour.
+    """
+    from swarmq.execution._dispatch import broker_view
+
+    settings = worker_settings()
+    if settings is None:
+        return {"status": "skipped", "reason": "not a distributed worker"}
+    report = reconcile_searches(
+        current_runtime(),
+        broker=broker_view(app),
+        heartbeat_timeout=settings.heartbeat_timeout,
+        dispatch_grace=0.0 if startup else settings.dispatch_grace,
+    )
+    if report.work:
+        log.warning("reconciler sent again: %s", report.describe())
+    return {
+        "revived": len(report.revived),
+        "redispatched": len(report.redispatched),
+        "coordinations": len(report.coordinations),
     }

@@ -143,3 +143,27 @@ class Utility(ABC):
 
         Must return a finite value; must be deterministic given a deterministic generator.
         """
+
+    # Optional: per-example answers, for ensembles (a majority vote over several models). A
+    # utility that supports them overrides both methods, so that
+    # ``score_predictions(predict(g, ex), ex)`` equals ``score(g, ex)``.
+    def predict(
+        self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
+    ) -> list[str | None]:
+        """One answer per example (``None``: the output names no answer), compared by equality.
+
+        The default refuses: a utility that is not a mean over per-example answers (a reward,
+        a judge's rating) has nothing to vote on.
+        """
+        raise UtilityError(
+            f"utility {self.name or type(self).__name__!r} gives no per-example answers, so its "
+            "models cannot be ensembled by majority vote"
+        )
+
+    def score_predictions(
+        self, predictions: Sequence[str | None], examples: Sequence[Mapping[str, Any]]
+    ) -> UtilityResult:
+        """The utility of given answers (from :meth:`predict`, or an ensemble's vote)."""
+        raise UtilityError(
+            f"utility {self.name or type(self).__name__!r} cannot score per-example answers"
+        )

@@ -115,3 +115,37 @@ class ExactMatch(Utility):
         return UtilityResult(
             value=correct / n, metrics={"n": n, "correct": correct, "samples": samples}
         )
+
+    def predict(
+        self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
+    ) -> list[str | None]:
+        """The stripped output of each question (``None`` when empty).
+
+        Votes therefore count identical outputs; the output is kept whole, not reduced to a
+        guessed final answer, so that scoring a prediction is exactly :meth:`score`'s test.
+        """
+        if not examples:
+            raise UtilityError("exact_match: no examples to predict")
+        prompts = self.prompts(examples)
+        outputs = generator.generate(prompts, self.options.max_new_tokens)
+        if len(outputs) != len(prompts):
+            raise UtilityError(
+                f"exact_match: the generator returned {len(outputs)} outputs "
+                f"for {len(prompts)} prompts"
+            )
+        return [out.strip() or None for out in outputs]
+
+    def score_predictions(
+        self, predictions: Sequence[str | None], examples: Sequence[Mapping[str, Any]]
+    ) -> UtilityResult:
+        """Accuracy of given outputs by the same tail test as :meth:`score`."""
+        if not examples or len(predictions) != len(examples):
+            raise UtilityError(
+                f"exact_match: {len(predictions)} predictions for {len(examples)} examples"
+            )
+        correct = sum(
+            p is not None and answer_in_tail(p, str(ex["answer"]), self.options.tail_chars)
+            for p, ex in zip(predictions, examples, strict=True)
+        )
+        n = len(examples)
+        return UtilityResult(value=correct / n, metrics={"n": n, "correct": correct})

@@ -127,3 +127,33 @@ class MultipleChoice(Utility):
             value=correct / n,
             metrics={"n": n, "correct": correct, "unparsed": unparsed, "samples": samples},
         )
+
+    def predict(
+        self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
+    ) -> list[str | None]:
+        """The parsed choice letter of each question (``None`` when the output names none)."""
+        if not examples:
+            raise UtilityError("multiple_choice: no examples to predict")
+        prompts = self.prompts(examples)
+        outputs = generator.generate(prompts, self.options.max_new_tokens)
+        if len(outputs) != len(prompts):
+            raise UtilityError(
+                f"multiple_choice: the generator returned {len(outputs)} outputs "
+                f"for {len(prompts)} prompts"
+            )
+        return [parse_choice(out, ex["choices"]) for ex, out in zip(examples, outputs, strict=True)]
+
+    def score_predictions(
+        self, predictions: Sequence[str | None], examples: Sequence[Mapping[str, Any]]
+    ) -> UtilityResult:
+        """Accuracy of given letters; ``None`` (no answer) counts as wrong, as in :meth:`score`."""
+        if not examples or len(predictions) != len(examples):
+            raise UtilityError(
+                f"multiple_choice: {len(predictions)} predictions for {len(examples)} examples"
+            )
+        correct = sum(p == ex["answer"] for p, ex in zip(predictions, examples, strict=True))
+        unparsed = sum(p is None for p in predictions)
+        n = len(examples)
+        return UtilityResult(
+            value=correct / n, metrics={"n": n, "correct": correct, "unparsed": unparsed}
+        )

@@ -5,6 +5,7 @@ from swarmq.storage._db import Database, migrations_dir, redact_url
 from swarmq.storage._models import (
     Artifact,
     Base,
+    BaselineRow,
     EvaluationRow,
     IterationRow,
     ParticleRow,
@@ -17,6 +18,7 @@ __all__ = [
     "Artifact",
     "ArtifactStore",
     "Base",
+    "BaselineRow",
     "Database",
     "EvaluationRow",
     "IterationRow",

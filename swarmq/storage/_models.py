@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Artifact",
     "Base",
+    "BaselineRow",
     "EvaluationRow",
     "IterationRow",
     "ParticleRow",
@@ -114,6 +115,8 @@ class IterationRow(Base):
     worst_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     applied_at: Mapped[datetime | None]
+    # Coordinations of this iteration started (capped like evaluation attempts).
+    coordination_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ParticleStateRow(Base):
@@ -174,6 +177,8 @@ class EvaluationRow(Base):
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
+    # When a message for it was last sent again (resume, reconciler, retry); None: at creation.
+    dispatched_at: Mapped[datetime | None]
 
 
 class Artifact(Base):
@@ -184,4 +189,28 @@ class Artifact(Base):
     hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # position | velocity
     nbytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BaselineRow(Base):
+    """A score of the final table that is no particle's position: the uniform soup of the
+    experts or a top-k ensemble of personal bests, on one split (``swarmq baselines``).
+
+    ``position_hash`` is the evaluated position when there is one (the soup); ``metrics`` says
+    how the score was reached (members, tie-break, per-example answers of an ensemble).
+    """
+
+    __tablename__ = "baselines"
+    __table_args__ = (UniqueConstraint("search_id", "name", "split", name="uq_baseline"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))  # uniform_soup | ensemble_top<k>
+    split: Mapped[str] = mapped_column(String(8))  # dev | test
+    utility: Mapped[float] = mapped_column(Float)
+    position_hash: Mapped[str | None] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any] | None]
+    worker: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

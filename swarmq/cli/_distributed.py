@@ -1,0 +1,312 @@
+"""The distributed mode's commands: workers, Flower, submit, list, watch, cancel, reconcile.
+
+``resume`` and ``status`` (in ``_commands``) work in both modes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from swarmq.cli._commands import _summary_dict, main
+from swarmq.cli._output import console, err_console, fmt, summary_table
+from swarmq.errors import ConfigError
+from swarmq.settings import SETTING_NAMES, Settings
+
+
+def _database(settings: Settings) -> Any:
+    from swarmq.storage import Database
+
+    db = Database(settings.database_url)
+    db.check_schema()
+    return db
+
+
+@main.command()
+@click.option(
+    "--gpus",
+    help="GPU indices, e.g. 0,1: one worker process per GPU, each seeing only its GPU.",
+)
+@click.option(
+    "--coordinator",
+    is_flag=True,
+    help="Run the coordinator queue and the reconciler (alone, unless --gpus/--concurrency).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Evaluation processes (CPU worker) or per GPU (default 1).",
+)
+@click.option(
+    "--loglevel",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option(
+    "--evaluate",
+    "evaluate_hook",
+    envvar="SWARMQ_EVALUATE",
+    hidden=True,
+    help="module:function replacing the model evaluation (tests and benchmarks only).",
+)
+@click.pass_obj
+def worker(
+    settings: Settings,
+    gpus: str | None,
+    coordinator: bool,
+    concurrency: int | None,
+    loglevel: str,
+    evaluate_hook: str | None,
+) -> None:
+    """Start this machine's Celery workers and keep them running until SIGTERM or Ctrl-C.
+
+    Without options: one CPU evaluation worker. The first signal lets running evaluations
+    finish; a second one stops at once (their messages are delivered again).
+    """
+    from swarmq.execution import require_broker
+    from swarmq.execution._supervisor import parse_gpus, supervise, worker_specs
+    from swarmq.storage import redact_url
+
+    broker = require_broker(settings)
+    # Fail here, with the upgrade command, rather than in every pool process.
+    _database(settings)
+    specs = worker_specs(
+        gpus=parse_gpus(gpus) if gpus else None, coordinator=coordinator, concurrency=concurrency
+    )
+    err_console.print(
+        f"swarmq worker: broker {redact_url(broker)}, database "
+        f"{redact_url(settings.database_url)}, artifacts {settings.artifacts}",
+        highlight=False,
+    )
+    extra = {"SWARMQ_EVALUATE": evaluate_hook} if evaluate_hook else {}
+    status = supervise(
+        specs,
+        settings,
+        loglevel=loglevel,
+        extra_env=extra,
+        echo=lambda msg: err_console.print(msg, highlight=False, markup=False),
+    )
+    sys.exit(status)
+
+
+@main.command()
+@click.option("--port", default=5555, show_default=True, type=int)
+@click.option("--address", default="0.0.0.0", show_default=True)
+@click.option(
+    "--basic-auth",
+    envvar="FLOWER_BASIC_AUTH",
+    help="user:password[,user2:password2] (or FLOWER_BASIC_AUTH); required unless --no-auth.",
+)
+@click.option("--no-auth", is_flag=True, help="Serve without authentication (a closed network).")
+@click.pass_obj
+def flower(
+    settings: Settings, port: int, address: str, basic_auth: str | None, no_auth: bool
+) -> None:
+    """Start Flower, the Celery monitor, on the configured broker, with basic auth."""
+    from swarmq.execution import require_broker
+
+    require_broker(settings)
+    if not basic_auth and not no_auth:
+        raise ConfigError(
+            "Flower shows every task's arguments and can shut workers down: give "
+            "--basic-auth user:password (or FLOWER_BASIC_AUTH), or --no-auth on a closed network"
+        )
+    if basic_auth and any(":" not in pair for pair in basic_auth.split(",")):
+        raise ConfigError("--basic-auth must be user:password (comma-separated for several)")
+    env = os.environ | settings.to_env()
+    env.pop("FLOWER_BASIC_AUTH", None)
+    if basic_auth:
+        # Through the environment, not the command line, which every local user can read.
+        env["FLOWER_BASIC_AUTH"] = basic_auth
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "swarmq.execution.worker",
+        "flower",
+        f"--port={port}",
+        f"--address={address}",
+    ]
+    err_console.print(
+        f"Flower on http://{address}:{port} ({'basic auth' if basic_auth else 'no auth'})",
+        highlight=False,
+    )
+    os.execvpe(argv[0], argv, env)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_obj
+def submit(settings: Settings, config: Path) -> None:
+    """Record the search in CONFIG, send its first evaluations to the workers, print its id."""
+    from swarmq.config import load_config
+    from swarmq.execution import DistributedClient
+
+    cfg = load_config(config)
+    search_id = DistributedClient(settings).submit(cfg)
+    click.echo(search_id)
+    err_console.print(
+        f"search [bold]{search_id}[/] submitted; follow it with: swarmq watch {search_id}",
+        highlight=False,
+    )
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def list_(settings: Settings, as_json: bool) -> None:
+    """List the searches of the database."""
+    from swarmq.engine import list_searches
+
+    db = _database(settings)
+    rows = list_searches(db)
+    if as_json:
+        click.echo(json.dumps([_summary_dict(r) for r in rows], indent=2))
+    elif not rows:
+        console.print(f"no searches in {db.describe()}", highlight=False)
+    else:
+        console.print(summary_table(rows))
+
+
+@main.command()
+@click.argument("search_id")
+@click.pass_obj
+def cancel(settings: Settings, search_id: str) -> None:
+    """Cancel SEARCH: nothing new starts; running evaluations finish. Undo: swarmq resume."""
+    from swarmq.engine import cancel_search
+
+    before = cancel_search(_database(settings), search_id)
+    note = " (it was already cancelled)" if before == "cancelled" else ""
+    console.print(f"search {search_id} cancelled{note}", highlight=False)
+
+
+@main.command("reconcile")
+@click.argument("search_id", required=False)
+@click.pass_obj
+def reconcile_command(settings: Settings, search_id: str | None) -> None:
+    """Send again the work whose message was lost or whose worker stopped beating.
+
+    The coordinator does this every reconcile_interval seconds; this is one pass by hand.
+    """
+    from swarmq.execution import DistributedClient
+
+    report = DistributedClient(settings).reconcile(search_id)
+    console.print(f"reconciled: {report.describe()}", highlight=False)
+    for w in report.work:
+        where = f" particle {w.particle} ({w.split})" if w.kind == "evaluate" else ""
+        console.print(
+            f"  {w.kind} search {w.search_id} iteration {w.iteration}{where}", highlight=False
+        )
+
+
+@main.command("settings")
+@click.pass_obj
+def settings_command(settings: Settings) -> None:
+    """Show the resolved settings and where each came from (passwords hidden)."""
+    from swarmq.storage import redact_url
+
+    table = Table(title="settings")
+    for col in ("setting", "value", "from"):
+        table.add_column(col)
+    for name in SETTING_NAMES:
+        value = getattr(settings, name)
+        shown = redact_url(str(value)) if name.endswith("_url") and value else str(value)
+        if name == "visibility_timeout" and value is None:
+            shown = f"{settings.effective_visibility_timeout:g} (time_limit + 600)"
+        table.add_row(name, shown, settings.sources.get(name, "default"))
+    console.print(table)
+
+
+# --- watch ------------------------------------------------------------------------------------
+
+
+def _watch_view(db: Any, settings: Settings, search_id: str, started: float) -> Group:
+    from swarmq.engine import busy_workers, search_activity, search_summary
+
+    s = search_summary(db, search_id)
+    act = search_activity(db, search_id, settings.heartbeat_timeout)
+    busy = busy_workers(db, settings.heartbeat_timeout)
+    best = (
+        "-"
+        if s.best_utility is None
+        else f"{s.best_utility:.4f} (particle {s.best_particle}, iteration {s.best_iteration})"
+    )
+    head = Text.from_markup(
+        f"[bold]{s.name}[/] {s.id}  [cyan]{s.status}[/]  iteration {s.iteration}/"
+        f"{s.max_iterations}  best {best}\n"
+        f"evaluations {s.evaluations_done}/{s.evaluations_total}  "
+        f"workers busy {busy} ({len(act.workers)} on this search)  "
+        f"watching {time.monotonic() - started:.0f}s"
+    )
+    table = Table(title=f"iteration {act.iteration}", expand=False)
+    for col, justify in (
+        ("particle", "right"),
+        ("state", "left"),
+        ("utility", "right"),
+        ("personal best", "right"),
+        ("attempts", "right"),
+        ("worker", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for p in act.particles:
+        state = p.status
+        if p.running_for is not None:
+            state += f" {p.running_for:.0f}s"
+        table.add_row(
+            str(p.particle),
+            state,
+            fmt(p.utility),
+            fmt(p.best_utility),
+            str(p.attempts),
+            p.worker or "",
+        )
+    parts: list[Any] = [head, table]
+    if s.stop_reason:
+        parts.append(Text(f"stopped: {s.stop_reason}"))
+    return Group(*parts)
+
+
+def _finished(db: Any, search_id: str) -> bool:
+    from swarmq.engine import search_activity, search_summary
+
+    s = search_summary(db, search_id)
+    if s.status == "running":
+        return False
+    # A completed search still has its final test evaluations to run.
+    counts = search_activity(db, search_id, 0).counts
+    return s.status != "completed" or not (counts.get("pending") or counts.get("running"))
+
+
+@main.command()
+@click.argument("search_id")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.pass_obj
+def watch(settings: Settings, search_id: str, interval: float) -> None:
+    """Follow SEARCH live: iteration, per-particle utilities, best, busy workers (Ctrl-C stops)."""
+    db = _database(settings)
+    started = time.monotonic()
+    try:
+        with Live(
+            _watch_view(db, settings, search_id, started),
+            console=console,
+            refresh_per_second=4,
+            auto_refresh=False,
+        ) as live:
+            while not _finished(db, search_id):
+                time.sleep(interval)
+                live.update(_watch_view(db, settings, search_id, started), refresh=True)
+            live.update(_watch_view(db, settings, search_id, started), refresh=True)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,299 @@
+"""``swarmq report``, ``baselines``, ``audit`` and ``history``: seeing and checking a search."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+from rich.table import Table
+
+from swarmq.cli._commands import main
+from swarmq.cli._output import console, err_console, fmt
+from swarmq.settings import Settings
+
+if TYPE_CHECKING:
+    from swarmq.reporting import BaselineRun, ResultRow
+    from swarmq.storage import Database, LocalArtifactStore
+
+
+def _open(settings: Settings) -> tuple[Database, LocalArtifactStore]:
+    from swarmq.storage import Database, LocalArtifactStore
+
+    db = Database(settings.database_url)
+    db.check_schema()
+    return db, LocalArtifactStore(settings.artifacts)
+
+
+def _result_table(rows: list[ResultRow]) -> Table:
+    table = Table(title="result")
+    table.add_column("")
+    table.add_column("dev", justify="right")
+    table.add_column("test", justify="right")
+    for r in rows:
+        label = r.label if r.kind == "search" else f"[dim]baseline:[/] {r.label}"
+        table.add_row(label, fmt(r.dev), fmt(r.test))
+    return table
+
+
+def _baselines(
+    db: Database, store: LocalArtifactStore, search_id: str, top_k: int, force: bool
+) -> BaselineRun:
+    from swarmq.reporting import compute_baselines
+
+    run = compute_baselines(
+        db,
+        store,
+        search_id,
+        top_k=top_k,
+        force=force,
+        progress=lambda msg: err_console.print(f"[dim]evaluating {msg}[/]", highlight=False),
+    )
+    if run.skipped:
+        err_console.print(
+            f"[dim]kept recorded scores: {', '.join(run.skipped)} (--force recomputes)[/]",
+            highlight=False,
+        )
+    return run
+
+
+_TOP_K = click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Personal bests (by dev utility) in the majority-vote ensemble.",
+)
+
+
+@main.command()
+@click.argument("search_id")
+@_TOP_K
+@click.option("--force", is_flag=True, help="Recompute the soup and ensemble scores.")
+@click.pass_obj
+def baselines(settings: Settings, search_id: str, top_k: int, force: bool) -> None:
+    """Evaluate the baselines of a completed SEARCH with its model and utility.
+
+    Every expert on test, the uniform soup of the experts, and the top-k majority-vote
+    ensemble of personal bests, on dev and test; the scores are recorded, so `swarmq report`
+    shows them without a model.
+    """
+    from swarmq.reporting import load_record, result_rows
+
+    db, store = _open(settings)
+    _baselines(db, store, search_id, top_k, force)
+    console.print(_result_table(result_rows(load_record(db, search_id))))
+
+
+@main.command()
+@click.argument("search_id")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write index.html, the PNG figures and summary.json into.",
+)
+@click.option(
+    "--baselines", "with_baselines", is_flag=True, help="Compute the baselines first (model)."
+)
+@_TOP_K
+@click.pass_obj
+def report(
+    settings: Settings, search_id: str, out_dir: Path, with_baselines: bool, top_k: int
+) -> None:
+    """Write an HTML report of SEARCH with PNG figures, from the record alone."""
+    from swarmq.reporting import write_report
+
+    db, store = _open(settings)
+    if with_baselines:
+        _baselines(db, store, search_id, top_k, False)
+    result = write_report(db, search_id, out_dir)
+    console.print(
+        f"report written to {result.index} ({len(result.figures)} figures, "
+        f"{result.total_seconds:.2f} s)",
+        highlight=False,
+    )
+
+
+@main.command()
+@click.argument("search_id")
+@click.option(
+    "--max-mismatches",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Stop after this many mismatches.",
+)
+@click.option(
+    "--check-experts", is_flag=True, help="Also compare the experts with the pool on disk."
+)
+@click.option(
+    "--cache-mb",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Memory for vectors kept between iterations.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def audit(
+    settings: Settings,
+    search_id: str,
+    max_mismatches: int,
+    check_experts: bool,
+    cache_mb: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Recompute every position and velocity of SEARCH from its record; name the first mismatch.
+
+    Exit status 0 when the record agrees with its recomputation, 1 on a mismatch.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from swarmq.reporting import audit_search
+
+    db, store = _open(settings)
+    progress = Progress(
+        "audit",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=quiet or as_json,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("audit", total=None)
+        result = audit_search(
+            db,
+            store,
+            search_id,
+            max_mismatches=max_mismatches,
+            check_experts=check_experts,
+            cache_bytes=cache_mb * 2**20,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    if as_json:
+        out: dict[str, Any] = {
+            k: v for k, v in vars(result).items() if k not in ("mismatches", "notes")
+        }
+        out["ok"] = result.ok
+        out["mismatches"] = [vars(m) | {"message": str(m)} for m in result.mismatches]
+        out["notes"] = list(result.notes)
+        click.echo(json.dumps(out, indent=2))
+    else:
+        mib = result.bytes_read / 2**20
+        summary = (
+            f"{result.iterations} iterations, {result.states} particle states, "
+            f"{result.updates} updates recomputed, {result.artifacts_read} artifacts "
+            f"({mib:.1f} MiB) read in {result.seconds:.2f} s"
+        )
+        if result.ok:
+            console.print(
+                f"[green]audit of {search_id} passed[/]: {summary}", highlight=False, soft_wrap=True
+            )
+        else:
+            console.print(
+                f"[bold red]audit of {search_id} failed[/]: first mismatch at "
+                f"{result.mismatches[0]}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            for m in result.mismatches[1:]:
+                console.print(f"  also: {m}", highlight=False, soft_wrap=True)
+            console.print(f"checked before stopping: {summary}", highlight=False, soft_wrap=True)
+        for note in result.notes:
+            console.print(f"[dim]note: {note}[/]", highlight=False, soft_wrap=True)
+    if not result.ok:
+        sys.exit(1)
+
+
+_SHORT = 12  # hash characters shown in the table view
+_HISTORY_WIDTH = 124
+
+
+def _history_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="history")
+    for col in ("it", "p", "utility", "best", "restart", "λ", "factors", "position", "velocity"):
+        table.add_column(col, justify="right" if col in ("it", "p", "utility", "best") else "left")
+    for r in rows:
+        factors = (
+            " ".join(f"{r[k]:.3f}" for k in ("r_v", "r_p", "r_g", "r_w"))
+            if r["r_v"] is not None
+            else f"initial ({r['initial_velocity']})"
+        )
+        table.add_row(
+            str(r["iteration"]),
+            str(r["particle"]),
+            fmt(r["utility"]) + ("" if r["evaluated"] is not False else " (skipped)"),
+            f"{fmt(r['best_utility'])} @{r['best_iteration']}",
+            "yes" if r["restarted"] else "",
+            "" if r["step_length"] is None else f"{r['step_length']:.4g}",
+            factors,
+            r["position_hash"][:_SHORT],
+            (r["velocity_hash"] or "-")[:_SHORT],
+        )
+    return table
+
+
+@main.command()
+@click.argument("search_id")
+@click.option("--particle", type=int, help="Only this particle.")
+@click.option(
+    "--format",
+    "fmt_",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table: a summary view; csv and json: every recorded field.",
+)
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of standard output.",
+)
+@click.pass_obj
+def history(
+    settings: Settings, search_id: str, particle: int | None, fmt_: str, out_file: Path | None
+) -> None:
+    """Print or export the full history of SEARCH: every state and the inputs of its update."""
+    from swarmq.reporting import history_document, history_rows, write_csv, write_json
+
+    db, _store = _open(settings)
+    if fmt_ == "table":
+        rows = list(history_rows(db, search_id, particle=particle))
+        if out_file is not None:
+            with out_file.open("w", encoding="utf-8") as f:
+                from rich.console import Console
+
+                Console(file=f, width=_HISTORY_WIDTH).print(_history_table(rows))
+        else:
+            # The table needs about 120 columns; a narrower terminal (or a pipe, which rich
+            # treats as 80 columns) would squeeze every cell onto several lines.
+            from rich.console import Console
+
+            wide = Console(width=max(console.width, _HISTORY_WIDTH))
+            wide.print(_history_table(rows))
+        return
+    stdout: IO[str] = sys.stdout
+    sink: Any = (
+        out_file.open("w", encoding="utf-8", newline="")
+        if out_file is not None
+        else nullcontext(stdout)
+    )
+    with sink as stream:
+        if fmt_ == "csv":
+            count = write_csv(history_rows(db, search_id, particle=particle), stream)
+        else:
+            document = history_document(db, search_id, particle=particle)
+            write_json(document, stream)
+            count = len(document["states"])
+    if out_file is not None:
+        err_console.print(f"{count} rows written to {out_file}", highlight=False)

@@ -1,0 +1,73 @@
+"""What a distributed worker process knows beyond its runtime: its settings and their policy.
+
+The embedded mode installs none: its tasks run with the engine's defaults (no heartbeats, no
+automatic retries; ``swarmq resume`` is the retry).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from swarmq.engine import EvaluationPolicy, Runtime, runtime_from_settings
+from swarmq.errors import ConfigError
+from swarmq.settings import Settings
+
+__all__ = [
+    "build_worker_runtime",
+    "current_policy",
+    "import_evaluate",
+    "install_worker_settings",
+    "worker_settings",
+]
+
+_settings: Settings | None = None
+
+
+def install_worker_settings(settings: Settings | None) -> None:
+    """Make ``settings`` the ones this process's tasks follow (None: the embedded defaults)."""
+    global _settings
+    _settings = settings
+
+
+def worker_settings() -> Settings | None:
+    return _settings
+
+
+def current_policy() -> EvaluationPolicy:
+    """The evaluation policy of this process: the settings' in a worker, else the defaults."""
+    s = _settings
+    if s is None:
+        return EvaluationPolicy()
+    return EvaluationPolicy(
+        max_attempts=s.max_attempts,
+        heartbeat_interval=s.heartbeat_interval,
+        heartbeat_timeout=s.heartbeat_timeout,
+        retry_transient=True,
+    )
+
+
+def import_evaluate(path: str) -> Callable[..., Any]:
+    """Import ``module:function``, an evaluation hook replacing the model (tests, benchmarks)."""
+    module, _, name = path.partition(":")
+    if not module or not name:
+        raise ConfigError(f"evaluate hook {path!r} is not of the form module:function")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"cannot import evaluate hook {path!r}: {err}") from None
+    if not callable(fn):
+        raise ConfigError(f"evaluate hook {path!r} is not callable")
+    return fn
+
+
+def build_worker_runtime(settings: Settings, evaluate: str | None = None) -> Runtime:
+    """The runtime of a worker process: the record, and Celery to send follow-up work."""
+    from swarmq.execution._app import configure_app
+    from swarmq.execution._dispatch import CeleryDispatcher
+
+    rt = runtime_from_settings(settings, CeleryDispatcher(configure_app(settings)), create=False)
+    if evaluate:
+        rt.evaluate = import_evaluate(evaluate)
+    return rt

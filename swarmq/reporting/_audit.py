@@ -1,0 +1,840 @@
+"""``swarmq audit``: recompute a whole search from its record and name the first mismatch.
+
+Every particle state of iteration t >= 1 records the inputs of the update that produced it:
+the random factors, the coefficients, the step length, the restart decision and the hashes of
+the x, v, p, g and g_w it read. The audit checks, in this order, for every state:
+
+1. the recorded inputs are the ones the algorithm prescribes: the factors are the draws of the
+   search seed for (t, particle), the coefficients follow from them, the step length is
+   lambda_t, the restart decision follows from the previous personal best's age, and the input
+   hashes are the previous state's position/velocity (or p and a zero velocity after a
+   restart), its personal best, and the previous iteration's global best and worst;
+2. each input artifact hashes to its name (read once, then kept in memory);
+3. the update recomputed with the pure algorithm (:func:`swarmq.swarm.apply_update`, the same
+   float32 operations as the coordinator) gives exactly the recorded position and velocity
+   hashes, and the stored files hold those bytes;
+4. the evaluation and best bookkeeping: the utility is the dev evaluation's, dropout skips are
+   the seeded ones, the personal best and the global best and worst follow the rules.
+
+Iteration 0 is checked too: the crossover lineage is redrawn from the seed, each crossover
+child is recomputed from its parents' recorded positions, and the starting velocities are
+recomputed; optionally (``check_experts``) the experts' positions are compared with the pool
+on disk. Finally the stop decision is recomputed from the global-best history.
+
+Each distinct artifact is read and hashed once; a recomputed output is compared byte for byte
+with its stored file and then serves as the next iteration's input, so the audit costs about
+one verified read of every artifact plus the update arithmetic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from swarmq.engine._common import config_of, layout_of, params_of, search_in_txn
+from swarmq.errors import ArtifactError, SwarmqError
+from swarmq.storage import (
+    Artifact,
+    ArtifactStore,
+    Database,
+    EvaluationRow,
+    IterationRow,
+    ParticleRow,
+    ParticleStateRow,
+    encode_vector,
+    hash_bytes,
+)
+from swarmq.storage._artifacts import decode_vector
+from swarmq.swarm import (
+    Best,
+    SwarmParams,
+    apply_update,
+    draw_factors,
+    expand_population,
+    initial_velocity,
+    needs_restart,
+    select_best,
+    select_worst,
+    should_stop,
+    skipped_evaluations,
+    step_length_at,
+    update_coefficients,
+)
+
+__all__ = ["AuditResult", "Mismatch", "audit_search"]
+
+DEFAULT_CACHE_BYTES = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One disagreement between the record and its recomputation.
+
+    ``iteration``/``particle`` are ``None`` for search-wide checks. ``field`` names what
+    disagrees (``position``, ``factors``, ``best_hash``, ``artifact x``...).
+    """
+
+    iteration: int | None
+    particle: int | None
+    field: str
+    expected: str
+    recorded: str
+
+    def __str__(self) -> str:
+        where = []
+        if self.iteration is not None:
+            where.append(f"iteration {self.iteration}")
+        if self.particle is not None:
+            where.append(f"particle {self.particle}")
+        place = ", ".join(where) or "search"
+        return f"{place}, {self.field}: expected {self.expected}, recorded {self.recorded}"
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """What the audit checked, what it found, and how long it took."""
+
+    search_id: str
+    iterations: int
+    states: int
+    updates: int
+    artifacts_read: int
+    bytes_read: int
+    seconds: float
+    mismatches: tuple[Mismatch, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the record agrees with its recomputation everywhere checked."""
+        return not self.mismatches
+
+
+class _StopAudit(Exception):
+    pass
+
+
+@dataclass
+class _Findings:
+    limit: int
+    items: list[Mismatch] = field(default_factory=list)
+
+    def add(
+        self, iteration: int | None, particle: int | None, what: str, expected: Any, recorded: Any
+    ) -> None:
+        self.items.append(Mismatch(iteration, particle, what, _show(expected), _show(recorded)))
+        if len(self.items) >= self.limit:
+            raise _StopAudit
+
+    def check(
+        self, iteration: int | None, particle: int | None, what: str, expected: Any, recorded: Any
+    ) -> bool:
+        if _same(expected, recorded):
+            return True
+        self.add(iteration, particle, what, expected, recorded)
+        return False
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Exact comparison: floats went through JSON (repr round-trips) or a double column, so a
+    # faithful record reproduces them bit for bit. A recorded bool must be a bool (True is not
+    # 1 here); the lists compared hold floats, ints and hashes, never bools.
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return bool(a == b)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if value is None:
+        return "none"
+    return str(value)
+
+
+# (stored bytes or None, their sha256 or None, why they could not be read or None)
+_Loaded = tuple[bytes | None, str | None, str | None]
+
+
+class _Vectors:
+    """Verified vectors by hash: each artifact is read and hashed once, then kept (LRU, bytes).
+
+    Files about to be checked are announced with :meth:`expect` and read and hashed ahead on
+    two threads (file reads and sha256 release the GIL), while the caller recomputes updates;
+    for small vectors the threads would cost more than they save, so reads stay inline.
+    """
+
+    def __init__(self, store: ArtifactStore, budget: int, vector_bytes: int) -> None:
+        self.store = store
+        self.budget = budget
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.size = 0
+        self.verified: set[str] = set()
+        self.reads = 0
+        self.bytes = 0
+        self._headers: dict[int, bytes] = {}
+        self._pool = (
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="swarmq-audit")
+            if vector_bytes >= 256 * 1024
+            else None
+        )
+        # Read-ahead holds at most ~256 MiB of file contents.
+        self._window = max(2, min(16, (256 * 2**20) // max(1, vector_bytes)))
+        self._ahead: dict[str, Future[_Loaded]] = {}
+        self._queue: deque[str] = deque()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _keep(self, digest: str, vector: np.ndarray) -> None:
+        if digest in self.cache:
+            self.cache.move_to_end(digest)
+            return
+        self.cache[digest] = vector
+        self.size += vector.nbytes
+        while self.size > self.budget and len(self.cache) > 1:
+            _, old = self.cache.popitem(last=False)
+            self.size -= old.nbytes
+
+    def _load(self, digest: str) -> _Loaded:
+        try:
+            data = self.store.get_bytes(digest)
+        except ArtifactError as err:
+            return None, None, str(err)
+        return data, hash_bytes(data), None
+
+    def expect(self, digests: Iterable[str | None]) -> None:
+        """Announce, in order of use, files that :meth:`get` or :meth:`confirm` will need."""
+        if self._pool is None:
+            return
+        for d in digests:
+            if d is not None and d not in self.verified and d not in self._ahead:
+                self._queue.append(d)
+        self._fill()
+
+    def _fill(self) -> None:
+        assert self._pool is not None
+        while self._queue and len(self._ahead) < self._window:
+            d = self._queue.popleft()
+            if d not in self._ahead and d not in self.verified:
+                self._ahead[d] = self._pool.submit(self._load, d)
+
+    def _fetch(self, digest: str) -> _Loaded:
+        future = self._ahead.pop(digest, None)
+        loaded = self._load(digest) if future is None else future.result()
+        if self._pool is not None:
+            self._fill()
+        if loaded[0] is not None:
+            self.reads += 1
+            self.bytes += len(loaded[0])
+        return loaded
+
+    def get(self, digest: str) -> np.ndarray:
+        """The vector stored under ``digest``; raises :class:`ArtifactError` if it is bad."""
+        vector = self.cache.get(digest)
+        if vector is not None:
+            self.cache.move_to_end(digest)
+            return vector
+        data, actual, error = self._fetch(digest)
+        if data is None:
+            raise ArtifactError(error)
+        if actual != digest:
+            raise ArtifactError(f"its content hashes to {actual}")
+        vector = decode_vector(data, digest)
+        self.verified.add(digest)
+        self._keep(digest, vector)
+        return vector
+
+    def _header(self, size: int) -> bytes:
+        # The safetensors header of a flat float32 vector depends on its length only.
+        header = self._headers.get(size)
+        if header is None:
+            encoded = encode_vector(np.zeros(size, dtype=np.float32))
+            header = encoded[: 8 + int.from_bytes(encoded[:8], "little")]
+            self._headers[size] = header
+        return header
+
+    def _holds(self, data: bytes, vector: np.ndarray) -> bool:
+        """Whether ``data`` is exactly ``encode_vector(vector)``, without serialising it."""
+        header = self._header(vector.size)
+        if len(data) != len(header) + vector.nbytes or not data.startswith(header):
+            return False
+        stored = np.frombuffer(data, dtype=np.uint32, offset=len(header))
+        # Bit patterns, not values: -0.0 and 0.0 (or two NaNs) are different artifacts.
+        return bool(np.array_equal(stored, vector.view(np.uint32)))
+
+    def confirm(self, digest: str | None, vector: np.ndarray) -> tuple[str, str | None]:
+        """Check a recomputed vector against the artifact the record names.
+
+        Returns ``(recomputed hash, problem with the stored file or None)``. When the stored
+        file hashes to ``digest`` and holds exactly this vector, the recomputed hash is
+        ``digest`` and nothing is serialised; otherwise the vector is encoded and hashed to say
+        which of the record or the file is wrong.
+        """
+        vector = np.ascontiguousarray(vector, dtype=np.float32)
+        if digest is not None and digest in self.verified:
+            cached = self.cache.get(digest)
+            if cached is not None and np.array_equal(
+                cached.view(np.uint32), vector.view(np.uint32)
+            ):
+                self._keep(digest, vector)
+                return digest, None
+        elif digest is not None:
+            data, actual, error = self._fetch(digest)
+            if data is not None and actual == digest and self._holds(data, vector):
+                self.verified.add(digest)
+                self._keep(digest, vector)
+                return digest, None
+            computed = hash_bytes(encode_vector(vector))
+            if computed != digest:
+                return computed, None  # the record names another vector: reported as such
+            if data is None:
+                return computed, error
+            return computed, f"its content hashes to {actual}"
+        return hash_bytes(encode_vector(vector)), None
+
+
+# (iteration, particle, split) -> (status, utility, position hash)
+_Evaluations = dict[tuple[int, int, str], tuple[str, float | None, str]]
+
+
+@dataclass(frozen=True)
+class _State:
+    iteration: int
+    particle: int
+    position_hash: str
+    velocity_hash: str | None
+    restarted: bool
+    update: dict[str, Any] | None
+    utility: float | None
+    evaluated: bool | None
+    best_hash: str | None
+    best_utility: float | None
+    best_iteration: int | None
+
+
+def _iter_states(db: Database, search_id: str, last: int, n: int) -> Iterator[list[_State]]:
+    """The states of one iteration at a time, in order; read in batches of about 20,000 rows
+    so that memory stays bounded for long searches."""
+    columns = (
+        ParticleStateRow.iteration,
+        ParticleStateRow.particle,
+        ParticleStateRow.position_hash,
+        ParticleStateRow.velocity_hash,
+        ParticleStateRow.restarted,
+        ParticleStateRow.update,
+        ParticleStateRow.utility,
+        ParticleStateRow.evaluated,
+        ParticleStateRow.best_hash,
+        ParticleStateRow.best_utility,
+        ParticleStateRow.best_iteration,
+    )
+    step = max(1, 20_000 // max(1, n))
+    for start in range(0, last + 1, step):
+        with db.session() as s:
+            rows = s.execute(
+                select(*columns)
+                .where(
+                    ParticleStateRow.search_id == search_id,
+                    ParticleStateRow.iteration >= start,
+                    ParticleStateRow.iteration < start + step,
+                )
+                .order_by(ParticleStateRow.iteration, ParticleStateRow.particle)
+            ).all()
+        batch: dict[int, list[_State]] = {}
+        for row in rows:
+            st = _State(**row._asdict())
+            batch.setdefault(st.iteration, []).append(st)
+        for t in range(start, min(start + step, last + 1)):
+            yield batch.get(t, [])
+
+
+def audit_search(
+    db: Database,
+    store: ArtifactStore,
+    search_id: str,
+    *,
+    max_mismatches: int = 1,
+    check_experts: bool = False,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditResult:
+    """Recompute every position and velocity of a search from its record; see the module doc.
+
+    Stops after ``max_mismatches`` mismatches (the first one by default). ``check_experts``
+    also compares the experts' recorded positions with the pool on disk (which may have moved
+    or changed since the search; that is then reported as a mismatch). Vectors are kept in
+    memory up to ``cache_bytes`` (least recently used ones are dropped and read again when
+    needed). ``progress(t, total)`` is called after each iteration.
+    """
+    t0 = time.perf_counter()
+    with db.session() as s:
+        search = search_in_txn(s, search_id)
+        config = config_of(search.config_json)
+        layout = layout_of(search.layout_json)
+        params = params_of(config)
+        seed, n, n_experts = search.seed, search.n_particles, search.n_experts
+        status, stop_reason = search.status, search.stop_reason
+        particles = s.execute(
+            select(
+                ParticleRow.index,
+                ParticleRow.expert_name,
+                ParticleRow.parent_first,
+                ParticleRow.parent_second,
+                ParticleRow.parent_weight,
+            )
+            .where(ParticleRow.search_id == search_id)
+            .order_by(ParticleRow.index)
+        ).all()
+        iterations = {
+            it.number: it
+            for it in s.scalars(
+                select(IterationRow)
+                .where(IterationRow.search_id == search_id)
+                .order_by(IterationRow.number)
+            )
+        }
+        evaluations: _Evaluations = {
+            (it, p, split): (status_, utility, digest)
+            for it, p, split, status_, utility, digest in s.execute(
+                select(
+                    EvaluationRow.iteration,
+                    EvaluationRow.particle,
+                    EvaluationRow.split,
+                    EvaluationRow.status,
+                    EvaluationRow.utility,
+                    EvaluationRow.position_hash,
+                ).where(EvaluationRow.search_id == search_id)
+            ).all()
+        }
+        unrecorded: dict[tuple[int, int], list[tuple[str, str]]] = {}
+        for column, what in (
+            (ParticleStateRow.position_hash, "position"),
+            (ParticleStateRow.velocity_hash, "velocity"),
+        ):
+            for it, p, h in s.execute(
+                select(ParticleStateRow.iteration, ParticleStateRow.particle, column)
+                .outerjoin(Artifact, Artifact.hash == column)
+                .where(
+                    ParticleStateRow.search_id == search_id,
+                    column.is_not(None),
+                    Artifact.hash.is_(None),
+                )
+            ).all():
+                unrecorded.setdefault((it, p), []).append((what, str(h)))
+
+    found = _Findings(max(1, max_mismatches))
+    vectors = _Vectors(store, cache_bytes, 4 * layout.size)
+    counts = {"states": 0, "updates": 0, "iterations": 0}
+    last = max(iterations, default=-1)
+    # Where the test evaluations (final table, baselines) say they read: checked at the end.
+    tested = {
+        (t, i): digest for (t, i, split), (_s, _u, digest) in evaluations.items() if split == "test"
+    }
+    seen: dict[tuple[int, int], str] = {}
+    try:
+        _check_structure(found, iterations, particles, n, n_experts, seed)
+        history: list[float] = []
+        prev: list[_State] = []
+        for states in _iter_states(db, search_id, last, n):
+            t = len(history) if not states else states[0].iteration
+            it_row = iterations.get(t)
+            if it_row is None or [st.particle for st in states] != list(range(n)):
+                found.add(
+                    t, None, "particle states", f"particles 0..{n - 1}", f"{len(states)} states"
+                )
+                break
+            # This iteration's stored outputs are read and hashed ahead, in order of use.
+            vectors.expect(h for st in states for h in (st.position_hash, st.velocity_hash))
+            if t == 0:
+                _check_initial(found, vectors, states, particles, params, seed, n_experts, it_row)
+                if check_experts:
+                    _check_experts(found, states, config, layout, n_experts, particles)
+            else:
+                # The iteration exists, so the stop rule must have let it run.
+                found.check(
+                    t, None, "stop rule", "continue", _stop_word(should_stop(history, t, params))
+                )
+                # lambda_t is a loop over t: once per iteration, not once per particle.
+                step = step_length_at(t, params)
+                found.check(t, None, "step_length", step, it_row.step_length)
+                prev_it = iterations[t - 1]
+                for st, before in zip(states, prev, strict=True):
+                    _check_update(found, vectors, st, before, prev_it, params, seed, step)
+                    counts["updates"] += 1
+            for st in states:
+                for what, h in unrecorded.get((t, st.particle), []):
+                    found.add(t, st.particle, f"artifacts table ({what} {h})", "a row", "none")
+                if (t, st.particle) in tested:
+                    seen[(t, st.particle)] = st.position_hash
+            if it_row.status == "applied":
+                _check_bests(
+                    found, states, prev, it_row, iterations.get(t - 1), evaluations, seed, params
+                )
+                history.append(float(it_row.best_utility or 0.0))
+            elif t != last:
+                found.add(
+                    t, None, "iteration status", "applied (a later one exists)", it_row.status
+                )
+            counts["states"] += len(states)
+            counts["iterations"] += 1
+            prev = states
+            if progress is not None:
+                progress(counts["iterations"], len(iterations))
+        for key in sorted(tested):
+            found.check(key[0], key[1], "test evaluation position_hash", seen.get(key), tested[key])
+        if status == "completed" and history:
+            found.check(
+                len(history),
+                None,
+                "stop rule",
+                _stop_word(should_stop(history, len(history), params)),
+                _stop_word(stop_reason),
+            )
+    except _StopAudit:
+        pass
+    finally:
+        vectors.close()
+    notes = []
+    if not check_experts:
+        notes.append(
+            "the experts' positions were not compared with the pool on disk (--check-experts does)"
+        )
+    return AuditResult(
+        search_id=search_id,
+        iterations=counts["iterations"],
+        states=counts["states"],
+        updates=counts["updates"],
+        artifacts_read=vectors.reads,
+        bytes_read=vectors.bytes,
+        seconds=time.perf_counter() - t0,
+        mismatches=tuple(found.items),
+        notes=tuple(notes),
+    )
+
+
+def _stop_word(reason: str | None) -> str:
+    return "continue" if reason is None else f"stop ({reason})"
+
+
+def _check_structure(
+    found: _Findings,
+    iterations: dict[int, IterationRow],
+    particles: Sequence[Any],
+    n: int,
+    n_experts: int,
+    seed: int,
+) -> None:
+    """Iterations numbered 0..T, and the crossover lineage redrawn from the seed."""
+    numbers = sorted(iterations)
+    found.check(None, None, "iteration numbers", list(range(len(numbers))), numbers)
+    found.check(None, None, "particles", list(range(n)), [p[0] for p in particles])
+    # expand_population's draws do not depend on the vectors' values: redraw them on 1-element
+    # stand-ins to get the lineage the seed prescribes.
+    stand_ins = [np.zeros(1, dtype=np.float32) for _ in range(n_experts)]
+    try:
+        _, lineage = expand_population(stand_ins, n, seed)
+    except ValueError as err:
+        found.add(None, None, "population", "a valid expansion", str(err))
+        return
+    for (index, name, first, second, weight), parent in zip(particles, lineage, strict=False):
+        if parent is None:
+            found.check(
+                0,
+                index,
+                "lineage",
+                "an expert (no parents)",
+                "an expert (no parents)" if first is None else f"parents {first}, {second}",
+            )
+            found.check(0, index, "expert_name", "a name", "a name" if name else "none")
+        else:
+            found.check(
+                0,
+                index,
+                "lineage (first, second, weight)",
+                [parent.first, parent.second, parent.weight],
+                [first, second, weight],
+            )
+
+
+def _read(
+    found: _Findings, vectors: _Vectors, t: int, particle: int, what: str, digest: str | None
+) -> np.ndarray | None:
+    if digest is None:
+        found.add(t, particle, f"artifact {what}", "a hash", "none")
+        return None
+    try:
+        return vectors.get(digest)
+    except ArtifactError as err:
+        found.add(t, particle, f"artifact {what} {digest}", "content hashing to its name", err)
+        return None
+
+
+def _compare_output(
+    found: _Findings,
+    vectors: _Vectors,
+    t: int,
+    particle: int,
+    what: str,
+    vector: np.ndarray,
+    recorded: str | None,
+) -> None:
+    digest, problem = vectors.confirm(recorded, vector)
+    if not found.check(t, particle, what, digest, recorded):
+        return
+    if problem is not None:
+        found.add(
+            t, particle, f"artifact {what} {recorded}", "content hashing to its name", problem
+        )
+
+
+def _check_initial(
+    found: _Findings,
+    vectors: _Vectors,
+    states: list[_State],
+    particles: Sequence[Any],
+    params: SwarmParams,
+    seed: int,
+    n_experts: int,
+    it_row: IterationRow,
+) -> None:
+    """Iteration 0: crossover children from their parents, then the starting velocities."""
+    xs: list[np.ndarray | None] = []
+    for st in states:
+        found.check(
+            0, st.particle, "update", {"initial_velocity": params.initial_velocity}, st.update
+        )
+        if st.particle < n_experts:
+            xs.append(_read(found, vectors, 0, st.particle, "position", st.position_hash))
+            continue
+        _, _, first, second, weight = particles[st.particle]
+        a = xs[first] if first is not None and first < len(xs) else None
+        b = xs[second] if second is not None and second < len(xs) else None
+        if a is None or b is None or weight is None:
+            found.add(0, st.particle, "position", "parents to recompute from", "none")
+            xs.append(None)
+            continue
+        # The same float32 expression as swarmq.swarm.expand_population.
+        child = (np.float32(weight) * a + np.float32(1.0 - weight) * b).astype(
+            np.float32, copy=False
+        )
+        _compare_output(found, vectors, 0, st.particle, "position", child, st.position_hash)
+        xs.append(child)
+    if any(x is None for x in xs):
+        return
+    positions: list[np.ndarray] = [x for x in xs if x is not None]
+    mode = params.initial_velocity
+    for st in states:
+        i = st.particle
+        if mode == "best":
+            if it_row.status != "applied":
+                found.check(0, i, "velocity", None, st.velocity_hash)
+                continue
+            g = _read(found, vectors, 0, i, "g", it_row.best_hash)
+            if g is None:
+                continue
+            v = initial_velocity("best", positions, i, seed, global_best=g)
+        else:
+            v = initial_velocity(mode, positions, i, seed)
+        _compare_output(found, vectors, 0, i, "velocity", v, st.velocity_hash)
+
+
+def _check_experts(
+    found: _Findings,
+    states: list[_State],
+    config: Any,
+    layout: Any,
+    n_experts: int,
+    particles: Sequence[Any],
+) -> None:
+    from swarmq.weights import load_pool
+
+    try:
+        pool = load_pool(config.experts.path, config.experts.adapter_config)
+    except SwarmqError as err:
+        found.add(0, None, "expert pool", f"readable at {config.experts.path}", err)
+        return
+    found.check(0, None, "expert pool layout", layout.to_json(), pool.layout.to_json())
+    found.check(0, None, "number of experts", n_experts, len(pool.experts))
+    for k, (expert, vector) in enumerate(zip(pool.experts, pool.vectors, strict=False)):
+        if k >= n_experts:
+            break
+        found.check(0, k, "expert_name", expert.name, particles[k][1])
+        found.check(
+            0,
+            k,
+            f"position (expert {expert.name} on disk)",
+            hash_bytes(encode_vector(vector)),
+            states[k].position_hash,
+        )
+
+
+def _check_update(
+    found: _Findings,
+    vectors: _Vectors,
+    st: _State,
+    before: _State,
+    prev_it: IterationRow,
+    params: SwarmParams,
+    seed: int,
+    step: float,
+) -> None:
+    """One update of iteration t >= 1: recorded inputs, input artifacts, recomputed outputs."""
+    t, i = st.iteration, st.particle
+    u = st.update
+    keys = ("factors", "coefficients", "step_length", "restarted", "x", "v", "p", "g", "g_worst")
+    if not isinstance(u, dict) or any(k not in u for k in keys):
+        found.add(t, i, "update", f"a record with {', '.join(keys)}", u)
+        return
+    factors = draw_factors(seed, t, i, params.random_weights)
+    drawn = [factors.r_v, factors.r_p, factors.r_g, factors.r_w]
+    found.check(t, i, "factors [r_v, r_p, r_g, r_w]", drawn, u["factors"])
+    found.check(
+        t,
+        i,
+        "coefficients [a, b, c, d]",
+        list(update_coefficients(factors, params)),
+        u["coefficients"],
+    )
+    found.check(t, i, "update step_length", step, u["step_length"])
+    if before.best_iteration is None:
+        found.add(t, i, "previous best_iteration", "a number", "none")
+        return
+    restart = needs_restart(t, before.best_iteration, params)
+    found.check(t, i, "restarted (update)", restart, u["restarted"])
+    found.check(t, i, "restarted (column)", restart, st.restarted)
+    if u["restarted"]:
+        expected_x, expected_v = before.best_hash, None
+    else:
+        expected_x, expected_v = before.position_hash, before.velocity_hash
+    found.check(t, i, "input x", expected_x, u["x"])
+    found.check(t, i, "input v", expected_v, u["v"])
+    found.check(t, i, "input p", before.best_hash, u["p"])
+    found.check(t, i, "input g", prev_it.best_hash, u["g"])
+    found.check(t, i, "input g_worst", prev_it.worst_hash, u["g_worst"])
+
+    # Recompute from what the record says was read: a wrong input was named just above, and
+    # what follows checks that the stored outputs really are the update of those inputs.
+    x = _read(found, vectors, t, i, "x", u["x"])
+    p = _read(found, vectors, t, i, "p", u["p"])
+    g = _read(found, vectors, t, i, "g", u["g"])
+    gw = _read(found, vectors, t, i, "g_worst", u["g_worst"])
+    v = None if u["v"] is None else _read(found, vectors, t, i, "v", u["v"])
+    if x is None or p is None or g is None or gw is None or (u["v"] is not None and v is None):
+        return
+    if v is None:
+        v = np.zeros_like(p)  # a restart reads a zero velocity, as the coordinator does
+    if not isinstance(u["coefficients"], list) or len(u["coefficients"]) != 4:
+        return  # already named above: the recorded coefficients differ from the expected ones
+    a, b, c, d = (float(k) for k in u["coefficients"])
+    new_x, new_v = apply_update(x, v, p, g, gw, (a, b, c, d), float(u["step_length"]))
+    _compare_output(found, vectors, t, i, "position", new_x, st.position_hash)
+    _compare_output(found, vectors, t, i, "velocity", new_v, st.velocity_hash)
+
+
+def _check_bests(
+    found: _Findings,
+    states: list[_State],
+    prev: list[_State],
+    it_row: IterationRow,
+    prev_it: IterationRow | None,
+    evaluations: _Evaluations,
+    seed: int,
+    params: SwarmParams,
+) -> None:
+    """Utilities against the evaluations, dropout, personal bests, global best and worst."""
+    t = it_row.number
+    skipped = skipped_evaluations(seed, t, len(states), params)
+    found.check(t, None, "skipped_all", all(skipped), it_row.skipped_all)
+    utilities: list[float | None] = []
+    for k, st in enumerate(states):
+        i = st.particle
+        ev = evaluations.get((t, i, "dev"))
+        if ev is None:
+            found.add(t, i, "dev evaluation", "a row", "none")
+            utilities.append(None)
+            continue
+        status, value, evaluated_hash = ev
+        found.check(t, i, "dev evaluation position_hash", st.position_hash, evaluated_hash)
+        found.check(t, i, "evaluated (dropout)", not skipped[k], st.evaluated)
+        if skipped[k]:
+            found.check(t, i, "dev evaluation status", "skipped", status)
+            found.check(
+                t, i, "utility (carried over)", prev[k].utility if prev else None, st.utility
+            )
+            utilities.append(None)
+        else:
+            found.check(t, i, "dev evaluation status", "done", status)
+            found.check(t, i, "utility", value, st.utility)
+            utilities.append(st.utility)
+        # Personal best: the coordinator's rule (strict improvement).
+        if t == 0:
+            expected: tuple[str | None, float | None, int | None] = (
+                st.position_hash,
+                st.utility,
+                0,
+            )
+        else:
+            before = prev[k]
+            expected = (before.best_hash, before.best_utility, before.best_iteration)
+            u = utilities[-1]
+            if u is not None and before.best_utility is not None and u > before.best_utility:
+                expected = (st.position_hash, u, t)
+        found.check(
+            t,
+            i,
+            "personal best (hash, utility, iteration)",
+            list(expected),
+            [st.best_hash, st.best_utility, st.best_iteration],
+        )
+
+    def record(row: IterationRow | None, which: str) -> Best | None:
+        if row is None:
+            return None
+        if which == "best":
+            vals = (row.best_particle, row.best_iteration, row.best_utility)
+        else:
+            vals = (row.worst_particle, row.worst_iteration, row.worst_utility)
+        if any(v is None for v in vals):
+            return None
+        return Best(int(vals[0]), int(vals[1]), float(vals[2]))  # type: ignore[arg-type]
+
+    for which, select_fn in (("best", select_best), ("worst", select_worst)):
+        expected_rec = select_fn(record(prev_it, which), utilities, t)
+        if expected_rec is None:
+            found.add(t, None, f"global {which}", "a record", "none")
+            continue
+        if expected_rec.iteration == t:
+            digest: str | None = states[expected_rec.particle].position_hash
+        else:
+            assert prev_it is not None
+            digest = prev_it.best_hash if which == "best" else prev_it.worst_hash
+        recorded = (
+            [it_row.best_particle, it_row.best_iteration, it_row.best_utility, it_row.best_hash]
+            if which == "best"
+            else [
+                it_row.worst_particle,
+                it_row.worst_iteration,
+                it_row.worst_utility,
+                it_row.worst_hash,
+            ]
+        )
+        found.check(
+            t,
+            None,
+            f"global {which} (particle, iteration, utility, hash)",
+            [expected_rec.particle, expected_rec.iteration, expected_rec.utility, digest],
+            recorded,
+        )

@@ -1,0 +1,337 @@
+"""``swarmq audit``: a faithful record passes; every kind of tampering is named precisely.
+
+Searches run on the engine with a closed-form utility (no model). Each tampering test works on
+a fresh copy of one recorded search (SQLite file and artifact store).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import save_file
+from sqlalchemy import select
+from sqlalchemy.orm.attributes import flag_modified
+
+from swarmq.cli import main
+from swarmq.config import SearchConfig, parse_config
+from swarmq.engine import coordinate_iteration, create_search, run_evaluation
+from swarmq.execution import EmbeddedRunner
+from swarmq.reporting import AuditResult, audit_search
+from swarmq.settings import Settings
+from swarmq.storage import (
+    Database,
+    IterationRow,
+    LocalArtifactStore,
+    ParticleStateRow,
+    SearchRow,
+    encode_vector,
+)
+
+
+def distance_utility(
+    config: Any, adapter: Any, layout: Any, vector: np.ndarray, split: str
+) -> tuple[float, dict[str, Any]]:
+    target = np.random.default_rng(99).normal(size=vector.shape).astype(np.float32)
+    return float(-np.sum((vector - target) ** 2)), {"split": split}
+
+
+def make_pool(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        save_file(
+            {
+                "b.weight": rng.normal(size=(3, 4)).astype(np.float32),
+                "a.weight": rng.normal(size=(6,)).astype(np.float32),
+            },
+            str(root / f"e{k}.safetensors"),
+        )
+    return root
+
+
+def config(pool: Path, **swarm: Any) -> SearchConfig:
+    search = {
+        "seed": swarm.pop("seed", 4),
+        "particles": swarm.pop("particles", 7),
+        "max_iterations": swarm.pop("max_iterations", 8),
+    }
+    return parse_config(
+        {
+            "search": search,
+            "experts": {"path": str(pool)},
+            "base_model": {"path": "unused"},
+            "objective": {"utility": "exact_match", "dataset": str(pool / "none.json")},
+            # Short patience so that restarts happen; dropout so that skips happen.
+            "swarm": {"patience": 4, "restart_patience": 0.5, "dropout_n": 0.2} | swarm,
+        }
+    )
+
+
+def run_search(url: str, artifacts: Path, cfg: SearchConfig) -> tuple[EmbeddedRunner, str]:
+    runner = EmbeddedRunner(Settings(url, artifacts), evaluate=distance_utility)
+    sid = create_search(runner.runtime, cfg, check_objective=False)
+    runner.drive(sid)
+    return runner, sid
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One completed search on SQLite: (folder with db.sqlite, art/ and pool/, search id)."""
+    root = tmp_path_factory.mktemp("recorded")
+    pool = make_pool(root / "pool")
+    runner, sid = run_search(
+        f"sqlite:///{root / 'db.sqlite'}", root / "art", config(pool, max_iterations=10, patience=8)
+    )
+    runner.runtime.db.engine.dispose()  # checkpoint the WAL so the file copies whole
+    return root, sid
+
+
+@pytest.fixture
+def copy(recorded: tuple[Path, str], tmp_path: Path) -> tuple[Database, LocalArtifactStore, str]:
+    root, sid = recorded
+    for f in root.glob("db.sqlite*"):
+        shutil.copy(f, tmp_path / f.name)
+    shutil.copytree(root / "art", tmp_path / "art")
+    shutil.copytree(root / "pool", tmp_path / "pool")
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    return db, LocalArtifactStore(tmp_path / "art"), sid
+
+
+def state(db: Database, sid: str, t: int, i: int) -> ParticleStateRow:
+    with db.session() as s:
+        row = s.get(ParticleStateRow, (sid, t, i))
+        assert row is not None
+        return row
+
+
+def first(result: AuditResult) -> str:
+    assert not result.ok, "the audit should have found a mismatch"
+    return str(result.mismatches[0])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.mark.parametrize(
+    "swarm",
+    [{}, {"initial_velocity": "best", "dropout_k": 0.3}, {"initial_velocity": "zero"}],
+    ids=["random-velocity", "best-velocity-dropout-k", "zero-velocity"],
+)
+def test_faithful_record_passes(url: str, tmp_path: Path, swarm: dict[str, Any]) -> None:
+    pool = make_pool(tmp_path / "pool")
+    runner, sid = run_search(url, tmp_path / "art", config(pool, **swarm))
+    result = audit_search(runner.runtime.db, runner.runtime.store, sid, check_experts=True)
+    assert result.ok, [str(m) for m in result.mismatches]
+    with runner.runtime.db.session() as s:
+        n_states = len(
+            s.scalars(select(ParticleStateRow).where(ParticleStateRow.search_id == sid)).all()
+        )
+        restarts = s.scalars(
+            select(ParticleStateRow).where(
+                ParticleStateRow.search_id == sid, ParticleStateRow.restarted.is_(True)
+            )
+        ).all()
+    assert result.states == n_states and result.updates == n_states - 7
+    assert result.iterations >= 3 and result.artifacts_read > 0
+    if not swarm:
+        assert restarts, "the test search should exercise restarts"
+
+
+def test_search_in_progress_passes(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "pool")
+    runner = EmbeddedRunner(
+        Settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art"), evaluate=distance_utility
+    )
+    rt = runner.runtime
+    sid = create_search(rt, config(pool, dropout_n=0.0), check_objective=False)
+    assert audit_search(rt.db, rt.store, sid).ok  # nothing evaluated yet
+    for i in range(7):
+        run_evaluation(rt, sid, 0, i)
+    coordinate_iteration(rt, sid, 0)
+    for i in range(3):  # iteration 1 half evaluated
+        run_evaluation(rt, sid, 1, i)
+    result = audit_search(rt.db, rt.store, sid)
+    assert result.ok, [str(m) for m in result.mismatches]
+    assert result.iterations == 2 and result.updates == 7
+
+
+def test_corrupted_artifact_is_named(copy: tuple[Database, LocalArtifactStore, str]) -> None:
+    db, store, sid = copy
+    digest = state(db, sid, 3, 2).position_hash
+    path = store.root / digest[:2] / f"{digest}.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    message = first(audit_search(db, store, sid))
+    assert message.startswith(f"iteration 3, particle 2, artifact position {digest}"), message
+    assert "content hashes to" in message
+
+
+def test_artifact_swapped_for_another_valid_vector_is_named(
+    copy: tuple[Database, LocalArtifactStore, str],
+) -> None:
+    db, store, sid = copy
+    target = state(db, sid, 2, 5).velocity_hash
+    assert target is not None
+    other = np.arange(18, dtype=np.float32)  # a well-formed vector of the right size
+    path = store.root / target[:2] / f"{target}.safetensors"
+    path.write_bytes(encode_vector(other))
+    message = first(audit_search(db, store, sid))
+    assert message.startswith(f"iteration 2, particle 5, artifact velocity {target}"), message
+
+
+def test_missing_artifact_is_named(copy: tuple[Database, LocalArtifactStore, str]) -> None:
+    db, store, sid = copy
+    digest = state(db, sid, 0, 1).position_hash
+    (store.root / digest[:2] / f"{digest}.safetensors").unlink()
+    message = first(audit_search(db, store, sid))
+    assert message.startswith(f"iteration 0, particle 1, artifact position {digest}"), message
+    assert "missing" in message
+
+
+def test_tampered_factor_is_named(copy: tuple[Database, LocalArtifactStore, str]) -> None:
+    db, store, sid = copy
+    with db.session() as s:
+        row = s.get(ParticleStateRow, (sid, 2, 1))
+        assert row is not None and row.update is not None
+        original = row.update["factors"][0]
+        row.update["factors"][0] = original + 0.125
+        flag_modified(row, "update")
+    result = audit_search(db, store, sid, max_mismatches=10)
+    message = first(result)
+    assert message == (
+        f"iteration 2, particle 1, factors [r_v, r_p, r_g, r_w]: expected [{original!r}, "
+        + message.split(f"[{original!r}, ", 1)[1]
+    )
+    assert repr(original + 0.125) in message
+    # Only the record of the factor is wrong: the position follows from the coefficients.
+    assert len(result.mismatches) == 1
+
+
+def test_tampered_position_hash_is_named(copy: tuple[Database, LocalArtifactStore, str]) -> None:
+    db, store, sid = copy
+    with db.session() as s:
+        row = s.get(ParticleStateRow, (sid, 4, 3))
+        other = s.get(ParticleStateRow, (sid, 4, 4))
+        assert row is not None and other is not None
+        genuine, row.position_hash = row.position_hash, other.position_hash
+    message = first(audit_search(db, store, sid))
+    assert message == (
+        f"iteration 4, particle 3, position: expected {genuine}, recorded {other.position_hash}"
+    )
+
+
+def test_tampered_coefficient_step_and_restart_are_named(
+    copy: tuple[Database, LocalArtifactStore, str],
+) -> None:
+    db, store, sid = copy
+    with db.session() as s:
+        row = s.get(ParticleStateRow, (sid, 5, 0))
+        assert row is not None and row.update is not None
+        row.update["coefficients"][2] = 0.5
+        flag_modified(row, "update")
+    message = first(audit_search(db, store, sid))
+    assert message.startswith("iteration 5, particle 0, coefficients [a, b, c, d]: expected")
+
+    with db.session() as s:
+        it = s.get(IterationRow, (sid, 3))
+        assert it is not None
+        it.step_length = 0.5
+    message = first(audit_search(db, store, sid))
+    assert message.startswith("iteration 3, step_length: expected 0.9025, recorded 0.5")
+
+
+def test_tampered_input_hash_is_named(copy: tuple[Database, LocalArtifactStore, str]) -> None:
+    db, store, sid = copy
+    with db.session() as s:
+        row = s.get(ParticleStateRow, (sid, 6, 2))
+        assert row is not None and row.update is not None
+        expected = row.update["g"]
+        row.update["g"] = row.update["g_worst"]
+        flag_modified(row, "update")
+    message = first(audit_search(db, store, sid))
+    assert message.startswith(f"iteration 6, particle 2, input g: expected {expected}")
+
+
+def test_tampered_bookkeeping_is_named(copy: tuple[Database, LocalArtifactStore, str]) -> None:
+    db, store, sid = copy
+    with db.session() as s:
+        row = s.scalars(
+            select(ParticleStateRow)
+            .where(
+                ParticleStateRow.search_id == sid,
+                ParticleStateRow.iteration == 2,
+                ParticleStateRow.evaluated.is_(True),
+            )
+            .order_by(ParticleStateRow.particle.desc())
+            .limit(1)
+        ).one()
+        assert row.utility is not None
+        particle = row.particle
+        row.utility += 1.0
+    message = first(audit_search(db, store, sid))
+    assert message.startswith(f"iteration 2, particle {particle}, utility: expected"), message
+
+    with db.session() as s:
+        row = s.get(ParticleStateRow, (sid, 2, particle))
+        assert row is not None and row.utility is not None
+        row.utility -= 1.0
+        it = s.get(IterationRow, (sid, 1))
+        assert it is not None and it.best_particle is not None
+        it.best_particle = (it.best_particle + 1) % 7
+    message = first(audit_search(db, store, sid))
+    assert message.startswith(
+        "iteration 1, global best (particle, iteration, utility, hash): expected"
+    ), message
+
+
+def test_changed_expert_pool_is_named(
+    copy: tuple[Database, LocalArtifactStore, str], tmp_path: Path
+) -> None:
+    db, store, sid = copy
+    assert audit_search(db, store, sid).ok
+    # The search recorded the module fixture's pool; point the record at this test's copy,
+    # then change one expert in it.
+    with db.session() as s:
+        search = s.get(SearchRow, sid)
+        assert search is not None
+        recorded_config = json.loads(search.config_json)
+        recorded_config["experts"]["path"] = str(tmp_path / "pool")
+        search.config_json = json.dumps(recorded_config, sort_keys=True)
+    assert audit_search(db, store, sid, check_experts=True).ok
+    save_file(
+        {"a.weight": np.ones(6, np.float32), "b.weight": np.ones((3, 4), np.float32)},
+        str(tmp_path / "pool" / "e2.safetensors"),
+    )
+    message = first(audit_search(db, store, sid, check_experts=True))
+    assert message.startswith("iteration 0, particle 2, position (expert e2 on disk)"), message
+
+
+def test_cli_audit_exit_status(copy: tuple[Database, LocalArtifactStore, str]) -> None:
+    db, store, sid = copy
+    args = ["--db", db.url, "--artifacts", str(store.root), "audit", sid, "--quiet"]
+    ok = CliRunner().invoke(main, args)
+    assert ok.exit_code == 0, ok.output
+    assert "passed" in ok.output and "updates recomputed" in ok.output
+    with db.session() as s:
+        row = s.get(ParticleStateRow, (sid, 2, 1))
+        assert row is not None and row.update is not None
+        row.update["step_length"] = 2.0
+        flag_modified(row, "update")
+    bad = CliRunner().invoke(main, args)
+    assert bad.exit_code == 1
+    assert "iteration 2, particle 1, update step_length: expected 0.95, recorded 2.0" in bad.output
+    as_json = CliRunner().invoke(main, [*args, "--json", "--max-mismatches", "5"])
+    assert as_json.exit_code == 1
+    out = json.loads(as_json.output)
+    assert out["ok"] is False and out["mismatches"][0]["iteration"] == 2

@@ -1,0 +1,564 @@
+"""The distributed mode on the real servers: Redis as the broker, PostgreSQL as the record.
+
+One set of real worker processes (``swarmq worker``: a coordinator and two evaluation workers)
+serves the module. They evaluate with tests/distributed_hooks.py: the real tiny model, or a
+closed-form utility, a slow one, or one that kills its own process, chosen by the search.
+Timings are shrunk (heartbeat every 0.3 s, dead after 2 s, reconciler every second) so that
+failures are detected in seconds; every process is killed in teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import distributed_hooks
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import REDIS_URL, _server_missing
+from safetensors.numpy import save_file
+from sqlalchemy import select
+
+from swarmq.cli import main
+from swarmq.config import SearchConfig, parse_config
+from swarmq.engine import (
+    Runtime,
+    best_history,
+    coordinate_iteration,
+    create_search,
+    final_report,
+    run_evaluation,
+    search_summary,
+    utility_histories,
+)
+from swarmq.execution import DistributedClient, EmbeddedRunner, LocalQueue
+from swarmq.settings import Settings, load_settings
+from swarmq.storage import Database, EvaluationRow, IterationRow, LocalArtifactStore
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+TESTS = Path(__file__).resolve().parent
+TIMINGS = {
+    "SWARMQ_HEARTBEAT_INTERVAL": "0.3",
+    "SWARMQ_HEARTBEAT_TIMEOUT": "2",
+    "SWARMQ_RECONCILE_INTERVAL": "1",
+    "SWARMQ_DISPATCH_GRACE": "1",
+    "SWARMQ_MAX_ATTEMPTS": "3",
+    "SWARMQ_SOFT_TIME_LIMIT": "60",
+    "SWARMQ_TIME_LIMIT": "90",
+}
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from /proc), deepest last."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process and all its descendants at once (a machine that dies)."""
+    for pid in [proc.pid, *_children(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+class Cluster:
+    """``swarmq worker`` processes with a shared environment; logs in ``logs/``."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env, self.logs = env, logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str, ready: bool = True) -> subprocess.Popen[bytes]:
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "swarmq", "worker", *args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs[name] = proc
+        if ready:
+            self.wait_ready(name)
+        return proc
+
+    def wait_ready(self, name: str, timeout: float = 60) -> None:
+        log = self.logs / f"{name}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            if " ready." in text:
+                return
+            if self.procs[name].poll() is not None:
+                break
+            time.sleep(0.1)
+        pytest.fail(f"worker {name} did not start:\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        log = self.logs / f"{name}.log"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+    def tails(self) -> str:
+        return "\n".join(f"--- {n}\n{self.tail(n, 15)}" for n in self.procs)
+
+    def kill(self, name: str) -> None:
+        _kill_tree(self.procs.pop(name))
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill_tree(proc)
+        self.procs.clear()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """Redis database 15, emptied before and after the module."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except Exception as err:
+        _server_missing(f"Redis at {REDIS_URL}", err)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture(scope="module")
+def dist_db(postgres_server: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for the module's cluster, at the latest schema."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"swarmq_dist_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    db = Database(url)
+    db.upgrade()
+    db.engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def cluster_env(
+    redis_url: str, dist_db: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("cluster")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMQ_")}
+    return (
+        env
+        | TIMINGS
+        | {
+            "SWARMQ_DATABASE_URL": dist_db,
+            "SWARMQ_BROKER_URL": redis_url,
+            "SWARMQ_ARTIFACTS": str(root / "artifacts"),
+            "SWARMQ_EVALUATE": "distributed_hooks:evaluate",
+            "PYTHONPATH": os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(
+                os.pathsep
+            ),
+            "HF_HUB_OFFLINE": "1",
+            "LOGS": str(root),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_env: dict[str, str]) -> Iterator[Cluster]:
+    """A coordinator and two evaluation workers (two processes on two Celery nodes)."""
+    c = Cluster(cluster_env, Path(cluster_env["LOGS"]))
+    try:
+        c.start("coordinator", "--coordinator", ready=False)
+        c.start("eval-a", ready=False)
+        c.start("eval-b", ready=False)
+        for name in ("coordinator", "eval-a", "eval-b"):
+            c.wait_ready(name)
+        yield c
+    finally:
+        c.stop_all()
+
+
+@pytest.fixture(scope="module")
+def client(cluster_env: dict[str, str], cluster: Cluster) -> DistributedClient:
+    env = {k: v for k, v in cluster_env.items() if k.startswith("SWARMQ_")}
+    return DistributedClient(load_settings(environ=env))
+
+
+# --- searches -----------------------------------------------------------------------------------
+
+
+def make_pool(root: Path, n: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        save_file(
+            {
+                "b.weight": rng.normal(size=(3, 4)).astype(np.float32),
+                "a.weight": rng.normal(size=(6,)).astype(np.float32),
+            },
+            str(root / f"e{k}.safetensors"),
+        )
+    return root
+
+
+def closed_form(pool: Path, name: str, hook: str = "distance", **search: Any) -> SearchConfig:
+    sleep = search.pop("sleep", 0.0)
+    return parse_config(
+        {
+            "search": {"name": name, "seed": 4, "particles": 7, "max_iterations": 8} | search,
+            "experts": {"path": str(pool)},
+            "base_model": {"path": "unused"},
+            "objective": {
+                "utility": "exact_match",
+                "dataset": str(pool / "none.json"),
+                "options": {"hook": hook, "sleep": sleep},
+            },
+            "swarm": {"patience": 4},
+        }
+    )
+
+
+def wait_finished(db: Database, sid: str, cluster: Cluster, timeout: float = 90) -> str:
+    """Wait until the search stopped and its final evaluations ran; returns its status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = search_summary(db, sid)
+        with db.session() as session:
+            open_ = session.scalar(
+                select(EvaluationRow.id)
+                .where(
+                    EvaluationRow.search_id == sid,
+                    EvaluationRow.status.in_(("pending", "running")),
+                )
+                .limit(1)
+            )
+        if s.status in ("failed", "cancelled") or (s.status == "completed" and open_ is None):
+            return s.status
+        time.sleep(0.2)
+    pytest.fail(f"search {sid} did not finish in {timeout}s\n{cluster.tails()}")
+
+
+def evaluations(db: Database, sid: str) -> list[EvaluationRow]:
+    with db.session() as s:
+        return list(
+            s.scalars(
+                select(EvaluationRow)
+                .where(EvaluationRow.search_id == sid)
+                .order_by(EvaluationRow.split, EvaluationRow.iteration, EvaluationRow.particle)
+            )
+        )
+
+
+def embedded_reference(tmp: Path, cfg: SearchConfig) -> tuple[Database, str]:
+    runner = EmbeddedRunner(
+        Settings(f"sqlite:///{tmp / 'ref.sqlite'}", tmp / "ref-art"),
+        evaluate=distributed_hooks.distance_utility,
+    )
+    sid = create_search(runner.runtime, cfg, check_objective=False)
+    runner.drive(sid)
+    return runner.runtime.db, sid
+
+
+def same_result(db_a: Database, a: str, db_b: Database, b: str) -> None:
+    assert utility_histories(db_a, a) == utility_histories(db_b, b)
+    assert best_history(db_a, a) == best_history(db_b, b)
+    fa, fb = final_report(db_a, a), final_report(db_b, b)
+    assert fa is not None and fb is not None
+    assert vars(fa.global_best) == vars(fb.global_best)
+    assert vars(fa.best_expert) == vars(fb.best_expert)
+    sa, sb = search_summary(db_a, a), search_summary(db_b, b)
+    assert (sa.status, sa.stop_reason, sa.iteration) == (sb.status, sb.stop_reason, sb.iteration)
+
+
+# --- tests --------------------------------------------------------------------------------------
+
+
+def test_two_workers_give_the_embedded_result(
+    client: DistributedClient, cluster: Cluster, tmp_path: Path
+) -> None:
+    cfg = closed_form(make_pool(tmp_path / "pool", 4), "same-as-embedded")
+    sid = client.submit(cfg, check_objective=False)
+    db = client.runtime.db
+    assert wait_finished(db, sid, cluster) == "completed"
+    ref_db, ref = embedded_reference(tmp_path, cfg)
+    same_result(db, sid, ref_db, ref)
+    evs = evaluations(db, sid)
+    assert all(e.status in ("done", "skipped") and e.attempts <= 1 for e in evs)
+    # Both evaluation processes took part (and only evaluation workers evaluated).
+    workers = {e.worker for e in evs if e.worker}
+    assert len(workers) >= 2, workers
+
+
+def test_cli_submit_cancel_resume_on_the_real_model(
+    cluster_env: dict[str, str],
+    cluster: Cluster,
+    client: DistributedClient,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    config = write_config(search={"max_iterations": 3})
+    env = {k: v for k, v in cluster_env.items() if k.startswith("SWARMQ_")}
+    runner = CliRunner(env=env)
+
+    def cli(*args: str) -> Any:
+        result = runner.invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result
+
+    sid = cli("submit", str(config)).stdout.strip()
+    db = client.runtime.db
+    deadline = time.monotonic() + 60
+    while search_summary(db, sid).evaluations_done < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cli("cancel", sid)
+    assert search_summary(db, sid).status == "cancelled"
+    # Running evaluations finish; nothing new starts and no iteration is applied.
+    time.sleep(2.5)
+    frozen = [(e.iteration, e.particle, e.status) for e in evaluations(db, sid)]
+    assert not any(status == "running" for *_k, status in frozen)
+    time.sleep(1.5)
+    assert [(e.iteration, e.particle, e.status) for e in evaluations(db, sid)] == frozen
+
+    listing = json.loads(cli("list", "--json").stdout)
+    assert any(row["id"] == sid and row["status"] == "cancelled" for row in listing)
+    cli("resume", sid)
+    assert wait_finished(db, sid, cluster) == "completed"
+    watched = cli("watch", sid, "--interval", "0.2").stdout
+    assert "completed" in watched and "personal best" in watched
+    dist = json.loads(cli("status", sid, "--json").stdout)
+
+    # The same search in one process, without servers: the same numbers.
+    ref = CliRunner().invoke(
+        main,
+        [
+            "--db",
+            f"sqlite:///{tmp_path / 'ref.sqlite'}",
+            "--artifacts",
+            str(tmp_path / "ref-art"),
+            "run",
+            str(config),
+            "--quiet",
+        ],
+        catch_exceptions=False,
+    )
+    assert ref.exit_code == 0, ref.output
+    ref_db = Database(f"sqlite:///{tmp_path / 'ref.sqlite'}")
+    (ref_row,) = json.loads(
+        CliRunner()
+        .invoke(main, ["--db", f"sqlite:///{tmp_path / 'ref.sqlite'}", "status", "--json"])
+        .stdout
+    )
+    ref_sid = ref_row["id"]
+    assert dist["utility_histories"] == utility_histories(ref_db, ref_sid)
+    assert dist["best_history"] == best_history(ref_db, ref_sid)
+    ref_final = final_report(ref_db, ref_sid)
+    assert ref_final is not None
+    assert dist["final"]["global_best"] == vars(ref_final.global_best)
+    assert dist["final"]["best_expert"] == vars(ref_final.best_expert)
+
+
+def test_a_task_that_kills_its_worker_stops_at_the_attempt_cap(
+    client: DistributedClient, cluster: Cluster, tmp_path: Path
+) -> None:
+    cfg = closed_form(make_pool(tmp_path / "pool", 2), "killer", hook="kill", particles=2)
+    sid = client.submit(cfg, check_objective=False)
+    db = client.runtime.db
+    assert wait_finished(db, sid, cluster, timeout=60) == "failed"
+    s = search_summary(db, sid)
+    assert s.stop_reason is not None
+    assert "given up after 3 attempts (max_attempts = 3)" in s.stop_reason
+    assert "killed" in s.stop_reason
+    # Redeliveries still in flight end as no-ops; an evaluation whose process died after the
+    # search failed is released (by its redelivery, or by the reconciler once its heartbeat
+    # is stale) rather than shown as running forever.
+    deadline = time.monotonic() + 20
+    while any(e.status == "running" for e in evaluations(db, sid)):
+        assert time.monotonic() < deadline, cluster.tails()
+        time.sleep(0.2)
+    evs = evaluations(db, sid)
+    assert max(e.attempts for e in evs) == 3 and all(e.attempts <= 3 for e in evs)
+    # The workers replaced their killed processes and still serve.
+    assert all(p.poll() is None for p in cluster.procs.values()), cluster.tails()
+
+
+def test_lost_messages_are_sent_again_without_duplicating_live_work(
+    client: DistributedClient, cluster: Cluster, tmp_path: Path
+) -> None:
+    import redis
+
+    pool = make_pool(tmp_path / "pool", 4)
+    # A client killed between its commit and its send: rows, no messages.
+    silent = create_search(
+        client.runtime, closed_form(pool, "never-sent", max_iterations=2), check_objective=False
+    )
+    # A broker that loses its queue while evaluations run: two are taken, six are lost.
+    cfg = closed_form(pool, "queue-lost", hook="slow", sleep=0.4, particles=8, max_iterations=2)
+    sid = client.submit(cfg, check_objective=False)
+    broker = redis.Redis.from_url(str(client.settings.broker_url))
+    deadline = time.monotonic() + 10
+    while broker.llen("swarmq.evaluate") > 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert broker.delete("swarmq.evaluate") == 1
+    db = client.runtime.db
+    assert wait_finished(db, silent, cluster) == "completed"
+    assert wait_finished(db, sid, cluster) == "completed"
+    evs = evaluations(db, sid)
+    resent = [e for e in evs if e.iteration == 0 and e.split == "dev" and e.dispatched_at]
+    assert len(resent) >= 4  # the lost ones, sent by the reconciler
+    # Every evaluation ran exactly once: live ones were not sent again.
+    assert all(e.attempts == 1 for e in evs if e.status == "done"), [
+        (e.iteration, e.particle, e.attempts) for e in evs
+    ]
+
+
+def test_a_dead_machine_is_found_by_its_heartbeat_and_a_restarted_coordinator_resumes(
+    client: DistributedClient, cluster: Cluster, tmp_path: Path
+) -> None:
+    db = client.runtime.db
+    pool = make_pool(tmp_path / "pool", 2)
+    cfg = closed_form(pool, "dead-machine", hook="slow", sleep=1.5, particles=2, max_iterations=1)
+    sid = client.submit(cfg, check_objective=False)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        running = [e for e in evaluations(db, sid) if e.status == "running"]
+        if len(running) == 2:
+            break
+        time.sleep(0.05)
+    assert len(running) == 2, cluster.tails()
+    # eval-a's machine dies: no process is left to put its message back, and Redis would hand
+    # it out again only after the visibility timeout (over an hour). The heartbeat tells.
+    victim = cluster.procs["eval-a"]
+    pids = {victim.pid, *_children(victim.pid)}
+    (lost,) = [e for e in running if int(str(e.worker).rsplit(":", 1)[1]) in pids]
+    cluster.kill("eval-a")
+    # The coordinator goes down too, and comes back while the work goes on.
+    cluster.kill("coordinator")
+    time.sleep(1.0)
+    cluster.start("coordinator", "--coordinator")
+    assert wait_finished(db, sid, cluster, timeout=60) == "completed"
+    again = next(e for e in evaluations(db, sid) if e.id == lost.id)
+    assert again.status == "done" and again.attempts == 2
+    assert again.worker != lost.worker
+    cluster.start("eval-a")
+
+
+# --- the database settles races, not the workers --------------------------------------------------
+
+
+def _runtime(url: str, artifacts: Path) -> tuple[Runtime, LocalQueue]:
+    """A runtime of its own (its own connections), as another process would have."""
+    queue = LocalQueue()
+    rt = Runtime(Database(url), LocalArtifactStore(artifacts), queue)
+    rt.evaluate = distributed_hooks.distance_utility
+    return rt, queue
+
+
+def test_concurrent_coordinators_apply_an_iteration_exactly_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    pool = make_pool(tmp_path / "pool", 4)
+    runner = EmbeddedRunner(
+        Settings(postgres_url, tmp_path / "art"), evaluate=distributed_hooks.distance_utility
+    )
+    sid = create_search(runner.runtime, closed_form(pool, "race"), check_objective=False)
+    n = 7
+    # Seven evaluations finish at the same moment in seven threads: one of them is the last.
+    runtimes = [_runtime(postgres_url, tmp_path / "art") for _ in range(8)]
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def evaluate(i: int) -> None:
+        try:
+            barrier.wait()
+            run_evaluation(runtimes[i][0], sid, 0, i)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=evaluate, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    sent = [m for _rt, q in runtimes for m in q.messages if m[0] == "swarmq.coordinate"]
+    assert sent == [("swarmq.coordinate", {"search_id": sid, "iteration": 0})]
+
+    # Eight coordinators of the same iteration at once: one applies it, the others do nothing.
+    results: list[str] = []
+    barrier8 = threading.Barrier(8)
+
+    def coordinate(i: int) -> None:
+        try:
+            barrier8.wait()
+            results.append(coordinate_iteration(runtimes[i][0], sid, 0).status)
+        except BaseException as err:
+            errors.append(err)
+
+    for q in (q for _rt, q in runtimes):
+        q.messages.clear()
+    threads = [threading.Thread(target=coordinate, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(results) == ["already"] * 7 + ["applied"]
+    with runner.runtime.db.session() as s:
+        its = s.scalars(select(IterationRow).where(IterationRow.search_id == sid)).all()
+        evs = s.scalars(
+            select(EvaluationRow).where(
+                EvaluationRow.search_id == sid, EvaluationRow.iteration == 1
+            )
+        ).all()
+    assert sorted(it.number for it in its) == [0, 1]
+    assert len(evs) == n
+    sent_evals = [m for _rt, q in runtimes for m in q.messages if m[0] == "swarmq.evaluate"]
+    assert len(sent_evals) == n  # the next iteration was dispatched once
+    for rt, _q in runtimes:
+        rt.db.engine.dispose()
