@@ -5,7 +5,7 @@ A search file has five tables::
     [search]      name, seed, particles (N), max_iterations
     [experts]     path: a folder of peft adapter folders or of .safetensors files
     [base_model]  path: a local folder or a hub id; dtype; device
-    [objective]   utility, dataset, batch_size, max_new_tokens, options
+    [objective]   utility, dataset, batch_size, particles_per_batch, max_new_tokens, options
     [swarm]       the Model Swarms hyperparameters (defaults of the reference code)
 
 Relative paths are resolved against the folder of the configuration file. Every model is frozen,
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +77,12 @@ class ObjectiveConfig(_Frozen):
     utility: str = Field(min_length=1)
     dataset: Path
     batch_size: int = Field(16, ge=1)
+    particles_per_batch: int = Field(
+        1,
+        ge=1,
+        description="Positions scored together in one mixed-adapter batch (LoRA pools); "
+        "changes speed and memory, not the utilities.",
+    )
     max_new_tokens: int | None = Field(None, ge=1)
     dev_limit: int | None = Field(None, ge=1, description="Use only the first K dev examples.")
     test_limit: int | None = Field(None, ge=1, description="Use only the first K test examples.")
@@ -170,7 +177,48 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     fix("experts", "adapter_config")
     fix("objective", "dataset")
     fix("base_model", "path", only_if_exists=True)
+    objective = data.get("objective")
+    if isinstance(objective, dict):
+        _resolve_objective_files(objective, base)
     return data
+
+
+_PLUGIN_FILE = re.compile(r"^(?P<file>.+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def _resolve_objective_files(objective: dict[str, Any], base: Path) -> None:
+    """Plug-in files and model folders named in ``[objective]`` are relative to the config too.
+
+    Workers may run in another directory, so the recorded configuration must hold absolute
+    paths: ``utility = "FILE.py:NAME"`` gets its file resolved; in the options, a
+    ``FILE.py:NAME`` value (``scorer``, a task's ``utility``) and a value of an option whose
+    name ends in ``_path`` are resolved when that relative file or folder exists (so neither a
+    hub id such as ``org/model`` nor a prompt text is touched).
+    """
+
+    def resolve(key: str, value: Any, always: bool = False) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(str(k), v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(key, v) for v in value]
+        if not isinstance(value, str):
+            return value
+        found = _PLUGIN_FILE.match(value)
+        if found is not None:
+            file = Path(found["file"]).expanduser()
+            if not file.is_absolute() and (always or (base / file).is_file()):
+                return f"{(base / file).resolve()}:{found['name']}"
+            return value
+        if key.endswith("_path"):
+            p = Path(value).expanduser()
+            if not p.is_absolute() and (base / p).exists():
+                return str((base / p).resolve())
+        return value
+
+    if isinstance(objective.get("utility"), str):
+        objective["utility"] = resolve("utility", objective["utility"], always=True)
+    if isinstance(objective.get("options"), dict):
+        objective["options"] = resolve("options", objective["options"])
 
 
 def parse_config(

@@ -34,9 +34,9 @@ def evaluate(
     options = config.objective.options
     hook = options.get("hook", "model")
     if hook == "model":
-        from swarmq.engine._runtime import _model_evaluate
+        from swarmq.engine._runtime import model_evaluate
 
-        return _model_evaluate(config, adapter, layout, vector, split)
+        return model_evaluate(config, adapter, layout, vector, split)
     if hook == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if hook == "slow":

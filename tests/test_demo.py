@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +38,8 @@ def test_demo_assets_and_search(demo_root: Path, tmp_path: Path) -> None:
     dev_q = {d["question"] for d in data["dev"]}
     assert not dev_q & {d["question"] for d in data["test"]}  # disjoint splits
 
-    t0 = time.perf_counter()
     again = build_demo_assets(demo_root)
-    assert again == assets and time.perf_counter() - t0 < 5  # reused, not rebuilt
+    assert again == assets  # reused: test_demo_assets checks that no file is rewritten
 
     db = f"sqlite:///{tmp_path / 'db.sqlite'}"
     result = CliRunner().invoke(

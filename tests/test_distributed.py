@@ -9,12 +9,8 @@ failures are detected in seconds; every process is killed in teardown.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,15 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import distributed_hooks
-import numpy as np
 import pytest
 from click.testing import CliRunner
+from clusters import (
+    TIMINGS,
+    Cluster,
+    children,
+    closed_form,
+    embedded_reference,
+    evaluations,
+    make_pool,
+    same_result,
+    wait_finished,
+)
 from conftest import REDIS_URL, _server_missing
-from safetensors.numpy import save_file
 from sqlalchemy import select
 
 from swarmq.cli import main
-from swarmq.config import SearchConfig, parse_config
 from swarmq.engine import (
     Runtime,
     best_history,
@@ -49,104 +53,9 @@ from swarmq.storage import Database, EvaluationRow, IterationRow, LocalArtifactS
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 TESTS = Path(__file__).resolve().parent
-TIMINGS = {
-    "SWARMQ_HEARTBEAT_INTERVAL": "0.3",
-    "SWARMQ_HEARTBEAT_TIMEOUT": "2",
-    "SWARMQ_RECONCILE_INTERVAL": "1",
-    "SWARMQ_DISPATCH_GRACE": "1",
-    "SWARMQ_MAX_ATTEMPTS": "3",
-    "SWARMQ_SOFT_TIME_LIMIT": "60",
-    "SWARMQ_TIME_LIMIT": "90",
-}
 
 
-# --- processes ----------------------------------------------------------------------------------
-
-
-def _children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc), deepest last."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a process and all its descendants at once (a machine that dies)."""
-    for pid in [proc.pid, *_children(proc.pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-
-
-class Cluster:
-    """``swarmq worker`` processes with a shared environment; logs in ``logs/``."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env, self.logs = env, logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str, ready: bool = True) -> subprocess.Popen[bytes]:
-        log = self.logs / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "swarmq", "worker", *args],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.procs[name] = proc
-        if ready:
-            self.wait_ready(name)
-        return proc
-
-    def wait_ready(self, name: str, timeout: float = 60) -> None:
-        log = self.logs / f"{name}.log"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = log.read_text(errors="replace")
-            if " ready." in text:
-                return
-            if self.procs[name].poll() is not None:
-                break
-            time.sleep(0.1)
-        pytest.fail(f"worker {name} did not start:\n{self.tail(name)}")
-
-    def tail(self, name: str, lines: int = 40) -> str:
-        log = self.logs / f"{name}.log"
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-    def tails(self) -> str:
-        return "\n".join(f"--- {n}\n{self.tail(n, 15)}" for n in self.procs)
-
-    def kill(self, name: str) -> None:
-        _kill_tree(self.procs.pop(name))
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _kill_tree(proc)
-        self.procs.clear()
+# --- servers and workers -------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -228,92 +137,6 @@ def cluster(cluster_env: dict[str, str]) -> Iterator[Cluster]:
 def client(cluster_env: dict[str, str], cluster: Cluster) -> DistributedClient:
     env = {k: v for k, v in cluster_env.items() if k.startswith("SWARMQ_")}
     return DistributedClient(load_settings(environ=env))
-
-
-# --- searches -----------------------------------------------------------------------------------
-
-
-def make_pool(root: Path, n: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for k in range(n):
-        save_file(
-            {
-                "b.weight": rng.normal(size=(3, 4)).astype(np.float32),
-                "a.weight": rng.normal(size=(6,)).astype(np.float32),
-            },
-            str(root / f"e{k}.safetensors"),
-        )
-    return root
-
-
-def closed_form(pool: Path, name: str, hook: str = "distance", **search: Any) -> SearchConfig:
-    sleep = search.pop("sleep", 0.0)
-    return parse_config(
-        {
-            "search": {"name": name, "seed": 4, "particles": 7, "max_iterations": 8} | search,
-            "experts": {"path": str(pool)},
-            "base_model": {"path": "unused"},
-            "objective": {
-                "utility": "exact_match",
-                "dataset": str(pool / "none.json"),
-                "options": {"hook": hook, "sleep": sleep},
-            },
-            "swarm": {"patience": 4},
-        }
-    )
-
-
-def wait_finished(db: Database, sid: str, cluster: Cluster, timeout: float = 90) -> str:
-    """Wait until the search stopped and its final evaluations ran; returns its status."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s = search_summary(db, sid)
-        with db.session() as session:
-            open_ = session.scalar(
-                select(EvaluationRow.id)
-                .where(
-                    EvaluationRow.search_id == sid,
-                    EvaluationRow.status.in_(("pending", "running")),
-                )
-                .limit(1)
-            )
-        if s.status in ("failed", "cancelled") or (s.status == "completed" and open_ is None):
-            return s.status
-        time.sleep(0.2)
-    pytest.fail(f"search {sid} did not finish in {timeout}s\n{cluster.tails()}")
-
-
-def evaluations(db: Database, sid: str) -> list[EvaluationRow]:
-    with db.session() as s:
-        return list(
-            s.scalars(
-                select(EvaluationRow)
-                .where(EvaluationRow.search_id == sid)
-                .order_by(EvaluationRow.split, EvaluationRow.iteration, EvaluationRow.particle)
-            )
-        )
-
-
-def embedded_reference(tmp: Path, cfg: SearchConfig) -> tuple[Database, str]:
-    runner = EmbeddedRunner(
-        Settings(f"sqlite:///{tmp / 'ref.sqlite'}", tmp / "ref-art"),
-        evaluate=distributed_hooks.distance_utility,
-    )
-    sid = create_search(runner.runtime, cfg, check_objective=False)
-    runner.drive(sid)
-    return runner.runtime.db, sid
-
-
-def same_result(db_a: Database, a: str, db_b: Database, b: str) -> None:
-    assert utility_histories(db_a, a) == utility_histories(db_b, b)
-    assert best_history(db_a, a) == best_history(db_b, b)
-    fa, fb = final_report(db_a, a), final_report(db_b, b)
-    assert fa is not None and fb is not None
-    assert vars(fa.global_best) == vars(fb.global_best)
-    assert vars(fa.best_expert) == vars(fb.best_expert)
-    sa, sb = search_summary(db_a, a), search_summary(db_b, b)
-    assert (sa.status, sa.stop_reason, sa.iteration) == (sb.status, sb.stop_reason, sb.iteration)
 
 
 # --- tests --------------------------------------------------------------------------------------
@@ -474,7 +297,7 @@ def test_a_dead_machine_is_found_by_its_heartbeat_and_a_restarted_coordinator_re
     # eval-a's machine dies: no process is left to put its message back, and Redis would hand
     # it out again only after the visibility timeout (over an hour). The heartbeat tells.
     victim = cluster.procs["eval-a"]
-    pids = {victim.pid, *_children(victim.pid)}
+    pids = {victim.pid, *children(victim.pid)}
     (lost,) = [e for e in running if int(str(e.worker).rsplit(":", 1)[1]) in pids]
     cluster.kill("eval-a")
     # The coordinator goes down too, and comes back while the work goes on.

@@ -5,6 +5,7 @@ one concern to it when imported here.
 """
 
 import swarmq.cli._distributed  # (registers its commands)
+import swarmq.cli._experts  # (registers its commands)
 import swarmq.cli._report  # noqa: F401  (registers its commands)
 from swarmq.cli import _export  # noqa: F401  (registers its commands)
 from swarmq.cli._commands import main

@@ -281,7 +281,9 @@ def train_expert(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(
+        base_model_dir, dtype=torch.float32, use_safetensors=True
+    )
     # The same seed for every expert: all start from one lora_A, as adapters fine-tuned from a
     # shared initialisation do, so an elementwise mix of their A matrices stays meaningful.
     torch.manual_seed(s.seed)

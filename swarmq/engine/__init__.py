@@ -4,7 +4,7 @@ Every operation here is a function of ids and a :class:`Runtime`; Celery tasks a
 wrappers around them (see :mod:`swarmq.execution`).
 """
 
-from swarmq.engine._coordinate import CoordinationResult, coordinate_iteration
+from swarmq.engine._coordinate import CoordinationResult, coordinate_iteration, fail_coordination
 from swarmq.engine._create import create_search
 from swarmq.engine._evaluate import (
     EvaluationPolicy,
@@ -72,6 +72,7 @@ __all__ = [
     "coordinate_iteration",
     "create_search",
     "current_runtime",
+    "fail_coordination",
     "final_report",
     "global_best_position",
     "install_runtime",

@@ -24,8 +24,9 @@ from swarmq.engine._common import (
     record_artifacts_in_txn,
     search_in_txn,
 )
+from swarmq.engine._faults import fault_point
 from swarmq.engine._runtime import Runtime
-from swarmq.errors import NotFoundError
+from swarmq.errors import NotFoundError, StorageError, SwarmqError
 from swarmq.storage import EvaluationRow, IterationRow, ParticleStateRow, utcnow
 from swarmq.swarm import (
     Best,
@@ -42,7 +43,7 @@ from swarmq.swarm import (
     update_coefficients,
 )
 
-__all__ = ["CoordinationResult", "coordinate_iteration"]
+__all__ = ["CoordinationResult", "coordinate_iteration", "fail_coordination"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def coordinate_iteration(rt: Runtime, search_id: str, iteration: int) -> Coordin
     pending_dev: list[int] = []
     skipped_all = False
     test_work: list[tuple[int, int]] = []
+    fault_point("coordinate.started", search_id=search_id, iteration=iteration)
     with rt.db.session() as s:
         it = s.scalars(
             select(IterationRow)
@@ -179,6 +181,9 @@ def coordinate_iteration(rt: Runtime, search_id: str, iteration: int) -> Coordin
             search.current_iteration = nxt
             pending_dev = [i for i, skip in enumerate(skipped) if not skip]
 
+    # Committed, nothing sent yet: a crash here leaves pending rows without messages, which
+    # the reconciler finds (tests kill the process at this point).
+    fault_point("coordinate.committed", search_id=search_id, iteration=iteration)
     for iteration_, particle in test_work:
         rt.dispatcher.send_evaluation(search_id, iteration_, particle, "test")
     if reason is not None:
@@ -188,6 +193,36 @@ def coordinate_iteration(rt: Runtime, search_id: str, iteration: int) -> Coordin
     if skipped_all:  # dropout-K skipped the whole iteration: nothing will call us back
         rt.dispatcher.send_coordination(search_id, nxt)
     return CoordinationResult("applied", next_iteration=nxt)
+
+
+def fail_coordination(rt: Runtime, search_id: str, iteration: int, err: BaseException) -> bool:
+    """Fail the search when its coordination raised an error that a retry would meet again.
+
+    A :class:`SwarmqError` other than a database error (an artifact store that is full or
+    read-only, a corrupted artifact) fails every retry the same way: the search stops now,
+    with that error as its reason, rather than after ``max_attempts`` coordinations with a
+    reason that names none. Database errors are transient (a restart): the coordination is
+    sent again. An iteration already applied is left alone (the error came from sending its
+    messages, which the reconciler sends again). Returns whether the search was failed.
+    """
+    if not isinstance(err, SwarmqError) or isinstance(err, StorageError | NotFoundError):
+        return False
+    try:
+        with rt.db.session() as s:
+            it = s.get(IterationRow, (search_id, iteration), with_for_update=True)
+            if it is None or it.status != "evaluating":
+                return False
+            search = search_in_txn(s, search_id, lock=True)
+            if search.status != "running":
+                return False
+            search.status, search.finished_at = "failed", utcnow()
+            search.stop_reason = (
+                f"coordination of iteration {iteration} failed: {err.__class__.__name__}: "
+                f"{err}; fix the cause, then run: swarmq resume {search_id}"
+            )
+            return True
+    except SwarmqError:  # the database is gone too: the reconciler sends the coordination again
+        return False
 
 
 def _hash(row: IterationRow | None, which: str) -> str:

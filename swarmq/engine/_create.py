@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from swarmq.config import SearchConfig
 from swarmq.engine._common import new_search_id, params_of, put_vectors_in_txn
@@ -13,6 +15,23 @@ from swarmq.swarm import expand_population, initial_velocity
 from swarmq.weights import load_pool
 
 __all__ = ["create_search"]
+
+# A hub repository id: "name" or "org/name" (letters, digits, "_", ".", "-").
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+
+
+def _check_base_model(path: str) -> None:
+    """Refuse a base model that is neither an existing folder nor possibly a hub id.
+
+    Without this, a typo in the path is found by the first evaluation, after the search is
+    recorded; a hub id can only be checked by loading it, so it is let through.
+    """
+    if Path(path).expanduser().exists() or (_HUB_ID.match(path) and ".." not in path):
+        return
+    raise ConfigError(
+        f"base_model.path {path!r} does not exist; give the folder of a model saved with "
+        "save_pretrained, or a hub id such as org/name"
+    )
 
 
 def create_search(rt: Runtime, config: SearchConfig, *, check_objective: bool = True) -> str:
@@ -27,6 +46,7 @@ def create_search(rt: Runtime, config: SearchConfig, *, check_objective: bool = 
         from swarmq.modeling import check_objective as _check
 
         _check(config)
+        _check_base_model(config.base_model.path)
     n_experts = len(pool.experts)
     n = config.search.particles or n_experts
     if n < n_experts:

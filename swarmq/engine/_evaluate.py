@@ -10,6 +10,10 @@ attempt and the evaluation is given up, failing its search with the reason, once
 ``max_attempts`` claims did not finish it; a running evaluation writes a heartbeat, and a
 second delivery of it is dropped while that heartbeat is fresh (its holder is alive) instead of
 running it twice; a transient error puts the evaluation back to ``pending`` and sends it again.
+
+With ``[objective] particles_per_batch`` above 1, one task claims several pending evaluations of
+the same iteration and split, scores them in one mixed-adapter batch and records each; the
+other particles' messages then find their rows finished and do nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from swarmq.engine._common import (
     require_finite,
     search_in_txn,
 )
+from swarmq.engine._faults import fault_point
 from swarmq.engine._runtime import Runtime
 from swarmq.errors import NotFoundError, SwarmqError
 from swarmq.storage import EvaluationRow, IterationRow, ParticleStateRow, utcnow
@@ -62,11 +67,13 @@ class Outcome:
 
     ``done``; or a no-op: ``duplicate`` (already finished), ``cancelled``, ``inactive`` (the
     search failed), ``busy`` (a live worker holds it); or ``failed`` (given up after
-    ``max_attempts``).
+    ``max_attempts``). ``batch`` names the other particles this task claimed and evaluated
+    along with its own (``[objective] particles_per_batch``).
     """
 
     status: str
     utility: float | None = None
+    batch: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,14 +132,16 @@ def _holder_gone(ev: EvaluationRow, now: datetime, policy: EvaluationPolicy) -> 
 
 
 class _Heartbeat:
-    """A thread that stamps ``heartbeat_at`` on a running evaluation until stopped.
+    """A thread that stamps ``heartbeat_at`` on running evaluations until stopped.
 
     A failed beat is logged and retried at the next interval, never raised: a slow database
     must not kill an evaluation that is otherwise fine.
     """
 
-    def __init__(self, rt: Runtime, evaluation_id: int, worker: str, interval: float | None):
-        self.rt, self.evaluation_id, self.worker = rt, evaluation_id, worker
+    def __init__(
+        self, rt: Runtime, evaluation_ids: list[int], worker: str, interval: float | None
+    ) -> None:
+        self.rt, self.evaluation_ids, self.worker = rt, evaluation_ids, worker
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -140,7 +149,9 @@ class _Heartbeat:
     def __enter__(self) -> _Heartbeat:
         if self.interval:
             self._thread = threading.Thread(
-                target=self._run, name=f"swarmq-heartbeat-{self.evaluation_id}", daemon=True
+                target=self._run,
+                name=f"swarmq-heartbeat-{self.evaluation_ids[0]}",
+                daemon=True,
             )
             self._thread.start()
         return self
@@ -153,14 +164,14 @@ class _Heartbeat:
                     s.execute(
                         update(EvaluationRow)
                         .where(
-                            EvaluationRow.id == self.evaluation_id,
+                            EvaluationRow.id.in_(self.evaluation_ids),
                             EvaluationRow.status == "running",
                             EvaluationRow.worker == self.worker,
                         )
                         .values(heartbeat_at=utcnow())
                     )
             except Exception as err:  # logged, never raised: see the class docstring
-                log.warning("heartbeat of evaluation %s failed: %s", self.evaluation_id, err)
+                log.warning("heartbeat of evaluations %s failed: %s", self.evaluation_ids, err)
 
     def __exit__(
         self,
@@ -207,7 +218,14 @@ def run_evaluation(
 ) -> Outcome:
     """Evaluate one particle's position and record the result idempotently.
 
-    Errors of the evaluation propagate after they are recorded (see :func:`_record_failure`).
+    With ``[objective] particles_per_batch`` K above 1, the task also claims up to K - 1 other
+    evaluations of the same search, iteration and split that are ``pending`` (held by no one:
+    rows another claim has locked are skipped, not waited for), scores them in one call of the
+    hook's ``many`` and records each. Their own messages then find them finished, or held by
+    this live worker, and do nothing. Each claimed row keeps its own attempts and errors.
+
+    Errors of this particle's evaluation propagate after they are recorded (see
+    :func:`_record_failure`); a companion's error is recorded on its row and logged.
     """
     worker = worker or worker_name()
     policy = policy or EvaluationPolicy()
@@ -229,54 +247,238 @@ def run_evaluation(
         if ev.attempts >= policy.max_attempts:
             _give_up_in_txn(s, ev, search_id, iteration, particle, split, policy, now)
             return Outcome("failed")
-        ev.status, ev.attempts, ev.worker = "running", ev.attempts + 1, worker
-        ev.started_at = ev.heartbeat_at = now
-        ev.finished_at, ev.error = None, None
-        evaluation_id, attempts = ev.id, ev.attempts
-        position_hash = ev.position_hash
         config_json, layout_json, adapter_json = (
             search.config_json,
             search.layout_json,
             search.adapter_config_json,
         )
+        claims = [_claim_in_txn(ev, worker, now)]
+        try:
+            extra = config_of(config_json).objective.particles_per_batch - 1
+        except SwarmqError:
+            extra = 0  # a bad record fails below, where its error is recorded
+        if extra > 0:
+            claims += [
+                _claim_in_txn(row, worker, now) for row in _companions_in_txn(s, ev, extra, policy)
+            ]
 
     try:
-        with _Heartbeat(rt, evaluation_id, worker, policy.heartbeat_interval):
-            config = config_of(config_json)
-            layout = layout_of(layout_json)
-            vector = rt.store.get_vector(position_hash)
-            value, metrics = (evaluate or rt.evaluate)(
-                config, adapter_config_of(adapter_json), layout, vector, split
+        with _Heartbeat(rt, [c.evaluation_id for c in claims], worker, policy.heartbeat_interval):
+            outcomes = _evaluate_claims(
+                rt,
+                evaluate or rt.evaluate,
+                claims,
+                config_of(config_json),
+                layout_of(layout_json),
+                adapter_config_of(adapter_json),
+                iteration,
+                split,
             )
-            utility = require_finite(
-                value,
-                f"utility {config.objective.utility!r} on particle {particle}, "
-                f"iteration {iteration}",
-            )
-    except BaseException as err:
-        retry = _record_failure(rt, search_id, iteration, particle, split, err, policy, attempts)
-        if retry:
-            rt.dispatcher.send_evaluation(search_id, iteration, particle, split)
+    except BaseException as err:  # not an Exception: the process is being stopped
+        for c in claims:
+            if _record_failure(
+                rt, search_id, iteration, c.particle, split, err, policy, c.attempts
+            ):
+                rt.dispatcher.send_evaluation(search_id, iteration, c.particle, split)
         raise
 
-    coordinate = False
+    done = {p: o for p, o in outcomes.items() if not isinstance(o, BaseException)}
+    recorded: dict[int, Outcome] = {}
+    if done:
+        recorded, coordinate = _record_done(rt, search_id, iteration, split, done)
+        fault_point(
+            "evaluate.recorded",
+            search_id=search_id,
+            iteration=iteration,
+            particle=particle,
+            split=split,
+        )
+        if coordinate:
+            rt.dispatcher.send_coordination(search_id, iteration)
+    own_error: BaseException | None = None
+    for c in claims:
+        error = outcomes[c.particle]
+        if not isinstance(error, BaseException):
+            continue
+        if _record_failure(rt, search_id, iteration, c.particle, split, error, policy, c.attempts):
+            rt.dispatcher.send_evaluation(search_id, iteration, c.particle, split)
+        if c.particle == particle:
+            own_error = error
+            continue
+        log.warning(
+            "evaluation of particle %s (with particle %s's batch) at iteration %s (%s) failed: %s",
+            c.particle,
+            particle,
+            iteration,
+            split,
+            error,
+        )
+    if own_error is not None:
+        raise own_error
+    batch = tuple(c.particle for c in claims[1:])
+    own = recorded[particle]
+    return Outcome(own.status, own.utility, batch)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """An evaluation row this task set to ``running``: what it needs to evaluate and record it."""
+
+    evaluation_id: int
+    particle: int
+    attempts: int
+    position_hash: str
+
+
+def _claim_in_txn(ev: EvaluationRow, worker: str, now: datetime) -> _Claim:
+    """Mark ``ev`` running for ``worker``: every claim counts as an attempt."""
+    ev.status, ev.attempts, ev.worker = "running", ev.attempts + 1, worker
+    ev.started_at = ev.heartbeat_at = now
+    ev.finished_at, ev.error = None, None
+    return _Claim(ev.id, ev.particle, ev.attempts, ev.position_hash)
+
+
+def _companions_in_txn(
+    s: Any, own: EvaluationRow, limit: int, policy: EvaluationPolicy
+) -> list[EvaluationRow]:
+    """Up to ``limit`` evaluations to score along with ``own``: same search, iteration and
+    split, ``pending`` (a running, finished or failed row is someone else's business) and under
+    the attempt cap (reaching it is for the row's own message to report), lowest particle first.
+    """
+    return list(
+        s.scalars(
+            select(EvaluationRow)
+            .where(
+                EvaluationRow.search_id == own.search_id,
+                EvaluationRow.iteration == own.iteration,
+                EvaluationRow.split == own.split,
+                EvaluationRow.particle != own.particle,
+                EvaluationRow.status == "pending",
+                EvaluationRow.attempts < policy.max_attempts,
+            )
+            .order_by(EvaluationRow.particle)
+            .limit(limit)
+            # A row another worker's claim has locked is being claimed: skip it rather than
+            # wait. (SQLite ignores this; its transactions run one at a time anyway.)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
+def _evaluate_claims(
+    rt: Runtime,
+    evaluate: EvaluateFn,
+    claims: list[_Claim],
+    config: SearchConfig,
+    layout: Layout,
+    adapter_config: dict[str, Any] | None,
+    iteration: int,
+    split: str,
+) -> dict[int, tuple[float, dict[str, Any]] | Exception]:
+    """Each claimed particle's (utility, metrics), or the error that stopped it.
+
+    A position that cannot be read fails alone; several positions go to the hook's ``many``
+    when it has one (an error there fails them all), else to the hook one at a time.
+    """
+    outcomes: dict[int, tuple[float, dict[str, Any]] | Exception] = {}
+    vectors: dict[int, np.ndarray] = {}
+    for c in claims:
+        try:
+            vectors[c.particle] = rt.store.get_vector(c.position_hash)
+        except Exception as err:
+            outcomes[c.particle] = err
+    ready = [c for c in claims if c.particle in vectors]
+    many = getattr(evaluate, "many", None)
+    results: list[tuple[float, dict[str, Any]] | Exception] = []
+    if len(ready) > 1 and callable(many):
+        try:
+            values = list(
+                many(config, adapter_config, layout, [vectors[c.particle] for c in ready], split)
+            )
+            if len(values) != len(ready):
+                raise SwarmqError(
+                    f"the evaluation hook's many() returned {len(values)} results "
+                    f"for {len(ready)} positions"
+                )
+            results.extend(values)
+        except Exception as err:
+            results = [err] * len(ready)
+    else:
+        for c in ready:
+            try:
+                results.append(evaluate(config, adapter_config, layout, vectors[c.particle], split))
+            except Exception as err:
+                results.append(err)
+    for c, result in zip(ready, results, strict=True):
+        if isinstance(result, Exception):
+            outcomes[c.particle] = result
+            continue
+        value, metrics = result
+        try:
+            utility = require_finite(
+                value,
+                f"utility {config.objective.utility!r} on particle {c.particle}, "
+                f"iteration {iteration}",
+            )
+        except SwarmqError as err:
+            outcomes[c.particle] = err
+            continue
+        outcomes[c.particle] = (utility, metrics)
+    return outcomes
+
+
+def _record_done(
+    rt: Runtime,
+    search_id: str,
+    iteration: int,
+    split: str,
+    done: dict[int, tuple[float, dict[str, Any]]],
+) -> tuple[dict[int, Outcome], bool]:
+    """Record finished evaluations in one transaction; returns their outcomes and whether the
+    iteration is now complete (the caller then sends the coordination: exactly one recorder
+    sees that, since all of them take the iteration's row lock first)."""
+    outcomes: dict[int, Outcome] = {}
     with rt.db.session() as s:
         it = s.scalars(
             select(IterationRow)
             .where(IterationRow.search_id == search_id, IterationRow.number == iteration)
             .with_for_update()
         ).one()
-        ev = _evaluation_in_txn(s, search_id, iteration, particle, split)
-        if ev.status in FINISHED:  # another delivery of the same message finished first
-            return Outcome("duplicate", ev.utility)
-        ev.status, ev.utility, ev.metrics = "done", utility, metrics
-        ev.finished_at = utcnow()
-        ev.error = None
+        rows = s.scalars(
+            select(EvaluationRow)
+            .where(
+                EvaluationRow.search_id == search_id,
+                EvaluationRow.iteration == iteration,
+                EvaluationRow.split == split,
+                EvaluationRow.particle.in_(sorted(done)),
+            )
+            .order_by(EvaluationRow.particle)
+            .with_for_update()
+        ).all()
+        for ev in rows:
+            if ev.status in FINISHED:  # another delivery of the same work finished first
+                outcomes[ev.particle] = Outcome("duplicate", ev.utility)
+                continue
+            utility, metrics = done[ev.particle]
+            ev.status, ev.utility, ev.metrics = "done", utility, metrics
+            ev.finished_at = utcnow()
+            ev.error = None
+            outcomes[ev.particle] = Outcome("done", utility)
+            if split == "dev":
+                state = s.get(ParticleStateRow, (search_id, iteration, ev.particle))
+                if state is None:
+                    raise NotFoundError(
+                        f"particle {ev.particle} has no state at iteration {iteration}"
+                    )
+                state.utility, state.evaluated = utility, True
+        missing = sorted(set(done) - set(outcomes))
+        if missing:
+            raise NotFoundError(
+                f"search {search_id!r} has no {split} evaluation of particle(s) {missing} "
+                f"at iteration {iteration}"
+            )
+        coordinate = False
         if split == "dev":
-            state = s.get(ParticleStateRow, (search_id, iteration, particle))
-            if state is None:
-                raise NotFoundError(f"particle {particle} has no state at iteration {iteration}")
-            state.utility, state.evaluated = utility, True
             remaining = s.scalar(
                 select(func.count())
                 .select_from(EvaluationRow)
@@ -288,9 +490,7 @@ def run_evaluation(
                 )
             )
             coordinate = remaining == 0 and it.status == "evaluating"
-    if coordinate:
-        rt.dispatcher.send_coordination(search_id, iteration)
-    return Outcome("done", utility)
+    return outcomes, coordinate
 
 
 def _give_up_in_txn(

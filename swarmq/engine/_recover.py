@@ -56,6 +56,12 @@ def reopen_search(rt: Runtime, search_id: str, *, reset_running: bool) -> str:
             .where(EvaluationRow.search_id == search_id, EvaluationRow.status.in_(states))
             .values(status="pending", attempts=0, worker=None, dispatched_at=utcnow())
         )
+        # The coordinations' cap too: a search failed by it would otherwise fail again at once.
+        s.execute(
+            update(IterationRow)
+            .where(IterationRow.search_id == search_id, IterationRow.status == "evaluating")
+            .values(coordination_attempts=0)
+        )
         if search.status in ("failed", "cancelled"):
             search.status, search.stop_reason, search.finished_at = "running", None, None
         return search.status

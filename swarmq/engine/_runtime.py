@@ -16,7 +16,15 @@ from swarmq.errors import SwarmqError
 from swarmq.settings import Settings
 from swarmq.storage import ArtifactStore, Database, LocalArtifactStore
 
-__all__ = ["Dispatcher", "Runtime", "current_runtime", "install_runtime", "runtime_from_settings"]
+__all__ = [
+    "Dispatcher",
+    "ModelEvaluate",
+    "Runtime",
+    "current_runtime",
+    "install_runtime",
+    "model_evaluate",
+    "runtime_from_settings",
+]
 
 
 class Dispatcher(Protocol):
@@ -37,9 +45,10 @@ class Runtime:
     store: ArtifactStore
     dispatcher: Dispatcher
     # How a position is scored; the default loads the search's base model (swarmq.modeling).
-    # Replaceable for objectives that need no language model, and for engine tests.
+    # Replaceable for objectives that need no language model, and for engine tests. A hook
+    # with a ``many`` method (see ModelEvaluate) scores several positions in one call.
     evaluate: Callable[..., tuple[float, dict[str, Any]]] = field(
-        default_factory=lambda: _model_evaluate
+        default_factory=lambda: model_evaluate
     )
 
 
@@ -63,14 +72,43 @@ def current_runtime() -> Runtime:
     return _current
 
 
-def _model_evaluate(
-    config: Any, adapter_config: dict[str, Any] | None, layout: Any, vector: np.ndarray, split: str
-) -> tuple[float, dict[str, Any]]:
-    """Evaluate a position with the process's resident model for the search's base model."""
-    from swarmq.modeling import get_evaluator
+class ModelEvaluate:
+    """The default evaluation hook: the process's resident model for the search's base model.
 
-    result = get_evaluator(config, adapter_config).evaluate(layout, vector, split)  # type: ignore[arg-type]
-    return result.value, dict(result.metrics)
+    The model is loaded on the first call in a process (:func:`swarmq.modeling.get_evaluator`)
+    and kept; each call only writes a position into it. ``many`` scores several positions of one
+    search, iteration and split together (``[objective] particles_per_batch`` of them per
+    mixed-adapter batch); it returns what calling the hook on each position would.
+    """
+
+    def __call__(
+        self,
+        config: Any,
+        adapter_config: dict[str, Any] | None,
+        layout: Any,
+        vector: np.ndarray,
+        split: str,
+    ) -> tuple[float, dict[str, Any]]:
+        from swarmq.modeling import get_evaluator
+
+        result = get_evaluator(config, adapter_config).evaluate(layout, vector, split)  # type: ignore[arg-type]
+        return result.value, dict(result.metrics)
+
+    def many(
+        self,
+        config: Any,
+        adapter_config: dict[str, Any] | None,
+        layout: Any,
+        vectors: list[np.ndarray],
+        split: str,
+    ) -> list[tuple[float, dict[str, Any]]]:
+        from swarmq.modeling import get_evaluator
+
+        results = get_evaluator(config, adapter_config).evaluate_many(layout, vectors, split)  # type: ignore[arg-type]
+        return [(r.value, dict(r.metrics)) for r in results]
+
+
+model_evaluate: ModelEvaluate = ModelEvaluate()
 
 
 def runtime_from_settings(

@@ -70,8 +70,11 @@ app.conf.update(
 
 def configure_app(settings: Settings) -> Celery:
     """Point the app at the settings' broker, with their time limits and reconciler schedule."""
+    broker_url = settings.broker_url or "memory://"
+    if broker_url != app.conf.broker_url:
+        _drop_connection_pools()
     app.conf.update(
-        broker_url=settings.broker_url or "memory://",
+        broker_url=broker_url,
         # The soft limit raises SoftTimeLimitExceeded in the task (recorded, retried within
         # max_attempts); the hard limit kills a process that does not return after it.
         task_soft_time_limit=settings.soft_time_limit,
@@ -80,7 +83,7 @@ def configure_app(settings: Settings) -> Celery:
         # timeout. With late acknowledgement a message stays unacknowledged while its task runs:
         # the timeout must exceed the hard time limit or a live evaluation runs twice (the
         # settings refuse anything else). RabbitMQ's counterpart is the server's
-        # consumer_timeout, which must be raised the same way (see docs/distributed.md).
+        # consumer_timeout, which must be raised the same way (see README, "RabbitMQ").
         broker_transport_options={"visibility_timeout": settings.effective_visibility_timeout},
         beat_schedule={
             "swarmq-reconcile": {
@@ -92,3 +95,15 @@ def configure_app(settings: Settings) -> Celery:
         },
     )
     return app
+
+
+def _drop_connection_pools() -> None:
+    # Celery creates its connection and producer pools on the first send, for the broker of
+    # that moment, and keeps them: without this, a process that configures the app again for
+    # another broker (a second client, a test) would go on publishing to the first one. The
+    # old pools are only let go, not closed: kombu keeps them in a registry by broker and
+    # hands the same object back if the app returns to that broker.
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None

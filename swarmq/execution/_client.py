@@ -43,7 +43,7 @@ class DistributedClient:
         self.runtime: Runtime = runtime_from_settings(settings, CeleryDispatcher(self.app))
 
     def broker(self) -> RedisBrokerView | CountingBrokerView:
-        return _broker_view(self.app)
+        return _broker_view(self.app, unacked_grace=self.settings.dispatch_grace)
 
     def submit(self, config: SearchConfig, *, check_objective: bool = True) -> str:
         """Record a new search and send its first evaluations; returns its id at once."""

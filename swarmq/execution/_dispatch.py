@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -89,15 +90,24 @@ class RedisBrokerView:
     kombu keeps a queue as a Redis list named after it (priority levels in lists with a
     suffix), and every delivered, unacknowledged message in the ``unacked`` hash until it is
     acknowledged: together they are every message the broker holds.
+
+    ``unacked_grace``: an unacknowledged message delivered longer ago than this many seconds
+    is not counted. The reconciler asks about pending evaluations only, and a live worker
+    claims the evaluation of a message within moments of taking it; one still pending after
+    that was taken by a worker that died (a lost machine): Redis would hand its message out
+    again only after the visibility timeout, an hour or more, so the evaluation is sent again
+    now (a duplicate, if the holder was only slow, is a cheap no-op).
     """
 
     # kombu's separator and default priority steps for the priority lists of a queue.
     _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
-    def __init__(self, url: str, queue: str = EVALUATE_QUEUE) -> None:
+    def __init__(
+        self, url: str, queue: str = EVALUATE_QUEUE, *, unacked_grace: float | None = None
+    ) -> None:
         import redis
 
-        self.url, self.queue = url, queue
+        self.url, self.queue, self.unacked_grace = url, queue, unacked_grace
         self.client = redis.Redis.from_url(url, socket_timeout=30)
 
     def _payloads(self) -> Iterable[Any]:
@@ -112,7 +122,14 @@ class RedisBrokerView:
                 if len(chunk) < step:
                     break
                 start += step
-        for _tag, raw in self.client.hscan_iter("unacked", count=1000):
+        fresh: set[bytes] | None = None
+        if self.unacked_grace is not None:
+            # kombu scores each delivery tag with the time of its delivery.
+            since = time.time() - self.unacked_grace
+            fresh = set(self.client.zrangebyscore("unacked_index", since, "+inf"))  # type: ignore[arg-type]
+        for tag, raw in self.client.hscan_iter("unacked", count=1000):
+            if fresh is not None and tag not in fresh:
+                continue
             entry = _loads(raw)  # [message, exchange, routing key]
             if isinstance(entry, list) and entry:
                 yield entry[0]
@@ -163,9 +180,12 @@ class CountingBrokerView:
         return int(count) == 0
 
 
-def broker_view(app: Celery) -> RedisBrokerView | CountingBrokerView:
-    """The most precise view the configured broker allows."""
+def broker_view(
+    app: Celery, *, unacked_grace: float | None = None
+) -> RedisBrokerView | CountingBrokerView:
+    """The most precise view the configured broker allows (see :class:`RedisBrokerView` for
+    ``unacked_grace``)."""
     url = str(app.conf.broker_url or "")
     if url.startswith(("redis://", "rediss://")):
-        return RedisBrokerView(url)
+        return RedisBrokerView(url, unacked_grace=unacked_grace)
     return CountingBrokerView(app)

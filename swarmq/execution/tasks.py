@@ -13,6 +13,7 @@ from swarmq.engine import (
     claim_coordination,
     coordinate_iteration,
     current_runtime,
+    fail_coordination,
     run_evaluation,
 )
 from swarmq.engine import reconcile as reconcile_searches
@@ -53,7 +54,17 @@ def coordinate(search_id: str, iteration: int) -> dict[str, Any]:
     ):
         log.error("coordination search=%s iteration=%s given up", search_id, iteration)
         return {"status": "failed", "next_iteration": None, "reason": "attempts exhausted"}
-    result = coordinate_iteration(rt, search_id, iteration)
+    try:
+        result = coordinate_iteration(rt, search_id, iteration)
+    except Exception as err:
+        if fail_coordination(rt, search_id, iteration, err):
+            log.error(
+                "coordination search=%s iteration=%s failed the search: %s",
+                search_id,
+                iteration,
+                err,
+            )
+        raise
     return {
         "status": result.status,
         "next_iteration": result.next_iteration,
@@ -76,7 +87,7 @@ def reconcile(startup: bool = False) -> dict[str, Any]:
         return {"status": "skipped", "reason": "not a distributed worker"}
     report = reconcile_searches(
         current_runtime(),
-        broker=broker_view(app),
+        broker=broker_view(app, unacked_grace=settings.dispatch_grace),
         heartbeat_timeout=settings.heartbeat_timeout,
         dispatch_grace=0.0 if startup else settings.dispatch_grace,
     )

@@ -10,13 +10,14 @@ import gc
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from swarmq.config import SearchConfig
-from swarmq.errors import UtilityError
+from swarmq.errors import SwarmqError, UtilityError
+from swarmq.modeling._batched import Request, score_together
 from swarmq.modeling._resident import ResidentModel
 from swarmq.objectives import Dataset, Utility, UtilityResult, load_dataset, utility_from_config
 from swarmq.weights._layout import Layout
@@ -47,6 +48,8 @@ class Evaluator:
         self._resident = resident or ResidentModel.load(config.base_model, adapter_config)
         self._dataset: Dataset | None = None
         self._data_lock = threading.Lock()
+        # One utility instance per slot of a shared batch: their scores run in parallel threads.
+        self._slot_utilities: list[Utility] = []
 
     @property
     def device(self) -> str:
@@ -84,6 +87,24 @@ class Evaluator:
         """Greedy continuations of ``prompts`` with the current position: new text only."""
         return self._resident.generate(prompts, max_new_tokens, self.config.objective.batch_size)
 
+    def generate_chat(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy replies to ``prompts`` sent as chat user turns (the base model's chat template).
+
+        Makes the evaluator a :class:`swarmq.objectives.ChatGenerator`.
+        """
+        texts = self._resident.chat_prompts(prompts)
+        return self._resident.generate(texts, max_new_tokens, self.config.objective.batch_size)
+
+    def loglikelihood(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        """Summed log-probabilities of ``continuations`` given ``prompts``, current position.
+
+        Makes the evaluator a :class:`swarmq.objectives.LikelihoodScorer`; batched by
+        ``[objective] batch_size``.
+        """
+        return self._resident.loglikelihood(
+            prompts, continuations, self.config.objective.batch_size
+        )
+
     def evaluate(
         self, layout: Layout, vector: np.ndarray, split: Literal["dev", "test"] = "dev"
     ) -> UtilityResult:
@@ -99,6 +120,93 @@ class Evaluator:
                 "not a UtilityResult"
             )
         return result
+
+    # ------------------------------------------------------------------ several positions at once
+    #: Model methods a utility may call besides ``generate`` and ``generate_chat``: in a shared
+    #: batch they run for one particle at a time, with its position in the default adapter.
+    PER_PARTICLE_METHODS: tuple[str, ...] = ("loglikelihood",)
+
+    @property
+    def particles_per_batch(self) -> int:
+        """How many positions :meth:`evaluate_many` scores in one mixed-adapter batch.
+
+        ``[objective] particles_per_batch``, or 1 where the pool is not LoRA (peft mixes only
+        LoRA adapters within a batch).
+        """
+        return self.config.objective.particles_per_batch if self._resident.mixed else 1
+
+    def evaluate_many(
+        self,
+        layout: Layout,
+        vectors: Sequence[np.ndarray],
+        split: Literal["dev", "test"] = "dev",
+    ) -> list[UtilityResult]:
+        """The utilities of several positions, in order; equal to :meth:`evaluate` on each.
+
+        Up to :attr:`particles_per_batch` positions are written into adapter slots and scored
+        together: each runs the utility's own ``score``, and the generation calls of all of them
+        are served by one mixed-adapter ``generate`` per step (see
+        :meth:`ResidentModel.generate_mixed` for why the outputs do not depend on the company).
+        """
+        vectors = list(vectors)
+        per_batch = self.particles_per_batch
+        if per_batch <= 1 or len(vectors) <= 1:
+            return [self.evaluate(layout, vector, split) for vector in vectors]
+        examples = self.examples(split)
+        methods = [m for m in self.PER_PARTICLE_METHODS if hasattr(self, m)]
+        results: list[UtilityResult] = []
+        for start in range(0, len(vectors), per_batch):
+            group = vectors[start : start + per_batch]
+            if len(group) == 1:
+                results.append(self.evaluate(layout, group[0], split))
+                continue
+            with self._resident.lock:
+                self._resident.ensure_slots(len(group))
+                for slot, vector in enumerate(group):
+                    self._resident.set_position(layout, vector, slot=slot)
+                while len(self._slot_utilities) < len(group):
+                    self._slot_utilities.append(utility_from_config(self.config.objective))
+
+                def serve(requests: list[Request], group: list[np.ndarray] = group) -> None:
+                    self._serve(layout, group, requests)
+
+                results.extend(
+                    score_together(
+                        self._slot_utilities[: len(group)], examples, serve, methods, self.device
+                    )
+                )
+        return results
+
+    def _serve(self, layout: Layout, group: list[np.ndarray], requests: list[Request]) -> None:
+        """Answer one round of a shared batch (runs in the thread holding the model's lock)."""
+        batch_size = self.config.objective.batch_size
+        generations: dict[int, list[tuple[Request, list[str]]]] = {}
+        for request in requests:
+            try:
+                if request.method in ("generate", "generate_chat"):
+                    prompts, max_new_tokens = request.args
+                    if request.method == "generate_chat":
+                        prompts = self._resident.chat_prompts(prompts)
+                    generations.setdefault(max_new_tokens, []).append((request, prompts))
+                else:
+                    # Not batched, but exactly the single evaluation's call: the particle's
+                    # position goes into the default adapter, which no slot uses.
+                    self._resident.set_position(layout, group[request.slot])
+                    method = getattr(self, request.method)
+                    request.result = method(*request.args, **request.kwargs)
+            except SwarmqError as err:
+                # A refusal of this particle's input (a continuation without tokens, no chat
+                # template) is its utility's to see, as in a single evaluation. Anything else
+                # (out of memory, a time limit) stops the whole batch.
+                request.error = err
+        for max_new_tokens, members in generations.items():
+            outputs = self._resident.generate_mixed(
+                [(request.slot, prompts) for request, prompts in members],
+                max_new_tokens,
+                batch_size,
+            )
+            for (request, _), output in zip(members, outputs, strict=True):
+                request.result = output
 
 
 # ---------------------------------------------------------------------------- per-process cache

@@ -7,10 +7,11 @@ worker process and each evaluation only copies a flat vector into the existing p
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ from swarmq.weights._layout import Layout
 __all__ = ["ResidentModel"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The adapter peft creates with the model; single evaluations write their position into it.
+DEFAULT_ADAPTER = "default"
+#: Extra adapters for mixed-adapter batches are named this plus their slot number.
+SLOT_PREFIX = "swarmq_slot_"
 
 
 def _where(path: str) -> str:
@@ -61,6 +66,7 @@ class ResidentModel:
         targets: dict[str, torch.Tensor],
         *,
         adapter: bool,
+        peft_config: Any = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -69,6 +75,11 @@ class ResidentModel:
         self.adapter = adapter
         self.lock = threading.RLock()
         self._checked: set[Layout] = set()
+        # Mixed-adapter batches (one adapter per batch row) are peft's LoRA feature; a pool of
+        # another adapter type, or of full-weight files, is evaluated one position at a time.
+        self._peft_config = peft_config
+        self.mixed = adapter and getattr(peft_config, "peft_type", None) == "LORA"
+        self._slots: list[dict[str, torch.Tensor]] = []
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -100,7 +111,9 @@ class ResidentModel:
             tokenizer.pad_token = tokenizer.eos_token
         dtype: Any = "auto" if base.dtype == "auto" else _DTYPES[base.dtype]
         try:
-            model: Any = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype)
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                base.path, dtype=dtype, use_safetensors=True
+            )
         except Exception as err:
             raise ModelError(
                 f"cannot load base model {base.path!r} as a causal language model: "
@@ -147,7 +160,7 @@ class ResidentModel:
                 f"peft returns copies, not the live parameters, for adapter tensors "
                 f"{_key_list(copies)}; this adapter type cannot be updated in place"
             )
-        return cls(model, tokenizer, device, targets, adapter=True)
+        return cls(model, tokenizer, device, targets, adapter=True, peft_config=peft_config)
 
     # ------------------------------------------------------------------ positions
     def _check_layout(self, layout: Layout) -> None:
@@ -179,8 +192,12 @@ class ResidentModel:
                 )
         self._checked.add(layout)
 
-    def set_position(self, layout: Layout, vector: np.ndarray) -> None:
-        """Copy a flat float32 position into the target tensors, in place."""
+    def set_position(self, layout: Layout, vector: np.ndarray, *, slot: int | None = None) -> None:
+        """Copy a flat float32 position into the target tensors, in place.
+
+        ``slot`` None writes the default adapter (or the base model's own tensors); ``slot=i``
+        writes adapter slot ``i`` of a mixed-adapter batch (see :meth:`ensure_slots`).
+        """
         vec = np.asarray(vector)
         if vec.dtype != np.float32 or vec.ndim != 1 or vec.shape[0] != layout.size:
             raise LayoutError(
@@ -188,6 +205,11 @@ class ResidentModel:
                 f"got {vec.dtype} of shape {list(vec.shape)}"
             )
         self._check_layout(layout)
+        if slot is None:
+            targets = self.targets
+        else:
+            self._adapter_name(slot)  # raises for a slot that does not exist
+            targets = self._slots[slot]
         if not vec.flags.writeable:
             vec = vec.copy()  # torch.from_numpy warns on read-only arrays (e.g. memory maps)
         with self.lock, torch.no_grad():
@@ -196,48 +218,282 @@ class ResidentModel:
             offset = 0
             for spec in layout.tensors:
                 n = spec.numel
-                self.targets[spec.key].copy_(flat[offset : offset + n].view(spec.shape))
+                targets[spec.key].copy_(flat[offset : offset + n].view(spec.shape))
                 offset += n
+
+    # ------------------------------------------------------------------ adapter slots
+    def ensure_slots(self, count: int) -> None:
+        """Give the model at least ``count`` adapter slots for mixed-adapter batches.
+
+        A slot is one more LoRA adapter of the pool's configuration (peft ``add_adapter``);
+        :meth:`set_position` with ``slot=i`` writes a position into slot ``i`` and
+        :meth:`generate_mixed` runs each batch row through its request's slot. The default
+        adapter stays for single evaluations. Slots are added once and kept: each costs one
+        adapter's memory (small next to the base model).
+        """
+        if count <= len(self._slots):
+            return
+        if not self.mixed:
+            what = "an adapter of this type" if self.adapter else "a pool of full-weight files"
+            raise ModelError(
+                f"mixed-adapter batches need a LoRA pool, not {what}; "
+                "set [objective] particles_per_batch = 1"
+            )
+        from peft import get_peft_model_state_dict
+
+        with self.lock:
+            while len(self._slots) < count:
+                name = f"{SLOT_PREFIX}{len(self._slots)}"
+                try:
+                    # A copy: peft fills in fields of the config it is given.
+                    self.model.add_adapter(name, copy.deepcopy(self._peft_config))
+                except Exception as err:
+                    raise ModelError(
+                        f"cannot add adapter slot {name!r} for a mixed-adapter batch: "
+                        f"{type(err).__name__}: {err}"
+                    ) from err
+                targets = get_peft_model_state_dict(self.model, adapter_name=name)
+                owned = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+                shapes = {k: tuple(t.shape) for k, t in targets.items()}
+                if shapes != {k: tuple(t.shape) for k, t in self.targets.items()} or any(
+                    t.untyped_storage().data_ptr() not in owned for t in targets.values()
+                ):
+                    raise ModelError(
+                        f"adapter slot {name!r} does not mirror the default adapter's tensors; "
+                        "this adapter cannot serve mixed-adapter batches"
+                    )
+                self._slots.append(targets)
+            # New adapter modules are built in training mode, whose dropout is random.
+            self.model.eval()
+
+    @property
+    def slots(self) -> int:
+        """How many adapter slots :meth:`ensure_slots` has added so far."""
+        return len(self._slots)
+
+    def _adapter_name(self, slot: int | None) -> str | None:
+        if not self.mixed:
+            if slot is not None:
+                raise ModelError("this model has no adapter slots (not a LoRA pool)")
+            return None
+        if slot is None:
+            return DEFAULT_ADAPTER
+        if not 0 <= slot < len(self._slots):
+            raise ModelError(f"adapter slot {slot} does not exist; call ensure_slots first")
+        return f"{SLOT_PREFIX}{slot}"
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
         """Greedy continuations of ``prompts`` (new text only, special tokens removed)."""
-        if not prompts:
-            return []
+        return self.generate_mixed([(None, prompts)], max_new_tokens, batch_size)[0]
+
+    def generate_mixed(
+        self,
+        requests: Sequence[tuple[int | None, Sequence[str]]],
+        max_new_tokens: int,
+        batch_size: int,
+    ) -> list[list[str]]:
+        """Greedy continuations for several positions at once: one ``(slot, prompts)`` each.
+
+        ``slot`` None is the default adapter (the position :meth:`set_position` wrote without a
+        slot). Each request's prompts are cut into the batches :meth:`generate` would make for it
+        alone (longest first, ``batch_size`` rows, left-padded to the batch's longest prompt);
+        batch j of every request of the same width then runs as one ``generate`` call with peft's
+        per-row ``adapter_names``. So a row sees the same tokens, padding and adapter arithmetic
+        whether its position is evaluated alone or with others; see docs/evaluation.md for
+        what can still differ in the last bits (kernels that reduce differently per batch size).
+        """
+        tok = self.tokenizer
+        # Particles of one objective share their first prompts: tokenize each text once.
+        unique = list(dict.fromkeys(p for _, prompts in requests for p in prompts))
+        encoded = (
+            dict(zip(unique, tok(unique, padding=False)["input_ids"], strict=True))
+            if unique
+            else {}
+        )
+        ids = [[encoded[p] for p in prompts] for _, prompts in requests]
+        names = [self._adapter_name(slot) for slot, _ in requests]
+        plans = [self._batches(rows, batch_size) for rows in ids]
+        out: list[list[str]] = [[""] * len(rows) for rows in ids]
+        config = self._generation_config(max_new_tokens)
+        with self.lock, torch.inference_mode():
+            for step in range(max((len(plan) for plan in plans), default=0)):
+                # Only batches of equal width share a call: no row gets extra padding.
+                calls: dict[int, list[tuple[int, list[int]]]] = {}
+                for r, plan in enumerate(plans):
+                    if step < len(plan):
+                        width = max(len(ids[r][i]) for i in plan[step])
+                        calls.setdefault(width, []).append((r, plan[step]))
+                for width, members in calls.items():
+                    rows = [ids[r][i] for r, batch in members for i in batch]
+                    row_names = [names[r] for r, batch in members for _ in batch]
+                    texts = iter(self._generate_rows(rows, row_names, width, config))
+                    for r, batch in members:
+                        for i in batch:
+                            out[r][i] = next(texts)
+        return out
+
+    @staticmethod
+    def _batches(ids: list[list[int]], batch_size: int) -> list[list[int]]:
+        # Prompts of similar length together (less padding); a pure function of the prompts,
+        # so a given prompt list always forms the same batches.
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def _generation_config(self, max_new_tokens: int) -> Any:
         from transformers import GenerationConfig
 
         tok = self.tokenizer
-        ids: list[list[int]] = tok(list(prompts), padding=False)["input_ids"]
-        # Batch prompts of similar length together (less padding); the order is a pure function
-        # of the prompts, so a given prompt list always forms the same batches.
-        order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
         gen_defaults = getattr(self.model, "generation_config", None)
         eos = getattr(gen_defaults, "eos_token_id", None)
-        config = GenerationConfig(
+        return GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
             pad_token_id=tok.pad_token_id,
             eos_token_id=eos if eos is not None else tok.eos_token_id,
         )
-        out: list[str] = [""] * len(prompts)
+
+    def _generate_rows(
+        self, rows: list[list[int]], names: list[str | None], width: int, config: Any
+    ) -> list[str]:
+        tok = self.tokenizer
+        input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, seq in enumerate(rows):
+            if seq:
+                input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+                mask[row, width - len(seq) :] = 1
+        # A LoRA model always gets per-row adapter names, even when every row uses the default
+        # adapter: peft adds a mixed batch's LoRA term in the model's dtype, a plain forward in
+        # float32, which differ in half precision. One code path keeps a position's outputs the
+        # same alone and in a mixed batch.
+        extra: dict[str, Any] = {} if names[0] is None else {"adapter_names": names}
+        generated = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            generation_config=config,
+            **extra,
+        )
+        texts: list[str] = tok.batch_decode(generated[:, width:], skip_special_tokens=True)
+        return texts
+
+    # ------------------------------------------------------------------ chat and likelihood
+    def chat_prompts(self, prompts: list[str]) -> list[str]:
+        """Each prompt as one user turn in the tokenizer's chat template, the reply turn opened.
+
+        The rendered text often starts with the BOS token's text; when the tokenizer also adds
+        BOS by itself, that copy is removed, so that tokenizing the text (as :meth:`generate`
+        does) gives one BOS, as the template intends, not two.
+        """
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ModelError(
+                f"the tokenizer of {self.name_or_path!r} has no chat template; use a chat/instruct "
+                "model or turn the utility's chat_template option off"
+            )
+        bos = tok.bos_token
+        adds_bos = bool(bos) and tok("")["input_ids"][:1] == [tok.bos_token_id]
+        texts: list[str] = []
+        for prompt in prompts:
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            if adds_bos and text.startswith(bos):
+                text = text[len(bos) :]
+            texts.append(text)
+        return texts
+
+    @property
+    def name_or_path(self) -> str:
+        """Where the model was loaded from (for messages)."""
+        config = getattr(self.model, "config", None)
+        return str(getattr(config, "name_or_path", "") or "the model")
+
+    def _split_continuation(self, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
+        tok = self.tokenizer
+        context: list[int] = tok(prompt)["input_ids"]
+        whole: list[int] = tok(prompt + continuation)["input_ids"]
+        # Tokenizing the joined text gives the tokens the model would read; take the
+        # continuation's tokens from it when the prompt's tokens are its prefix. A merge across
+        # the boundary (BPE joining the prompt's last characters with the continuation's first)
+        # breaks that; then the continuation is tokenized on its own.
+        if len(whole) > len(context) and whole[: len(context)] == context:
+            target = whole[len(context) :]
+        else:
+            target = tok(continuation, add_special_tokens=False)["input_ids"]
+        if not target:
+            raise ModelError(f"the continuation {continuation!r} has no tokens to score")
+        if not context:
+            if tok.bos_token_id is None:
+                raise ModelError(
+                    "an empty prompt cannot condition a continuation: the tokenizer adds no "
+                    "token to it and has no BOS token"
+                )
+            context = [tok.bos_token_id]
+        return context, target
+
+    def _accepts(self, argument: str) -> bool:
+        import inspect
+
+        base = self.model.get_base_model() if self.adapter else self.model
+        return argument in inspect.signature(base.forward).parameters
+
+    def loglikelihood(
+        self, prompts: list[str], continuations: list[str], batch_size: int
+    ) -> list[float]:
+        """Sum of the log-probabilities of each continuation's tokens given its prompt.
+
+        Rows are left-padded with explicit position ids, so a padded row is computed exactly as
+        it would be alone; only the last positions' logits are kept (``logits_to_keep``), which
+        spares a (batch x length x vocabulary) tensor. Deterministic: batches are formed from the
+        inputs alone, as in :meth:`generate`.
+        """
+        if len(prompts) != len(continuations):
+            raise ModelError(
+                f"loglikelihood needs one continuation per prompt, got {len(prompts)} prompts "
+                f"and {len(continuations)} continuations"
+            )
+        if not prompts:
+            return []
+        pairs = [
+            self._split_continuation(p, c) for p, c in zip(prompts, continuations, strict=True)
+        ]
+        lengths = [len(c) + len(t) for c, t in pairs]
+        order = sorted(range(len(pairs)), key=lambda i: -lengths[i])
+        keep_last = self._accepts("logits_to_keep")
+        pad = self.tokenizer.pad_token_id
+        out = [0.0] * len(pairs)
         with self.lock, torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
-                width = max(len(ids[i]) for i in batch)
-                input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+                width = max(lengths[i] for i in batch)
+                # The logits at position k predict token k + 1: the continuation of a row of
+                # width W with T target tokens is predicted by positions W-T-1 .. W-2.
+                need = max(len(pairs[i][1]) for i in batch) + 1
+                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
                 for row, i in enumerate(batch):
-                    n = len(ids[i])
-                    if n:
-                        input_ids[row, width - n :] = torch.tensor(ids[i], dtype=torch.long)
-                        mask[row, width - n :] = 1
-                generated = self.model.generate(
+                    ids = pairs[i][0] + pairs[i][1]
+                    input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                    mask[row, width - len(ids) :] = 1
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                extra: dict[str, Any] = {"logits_to_keep": need} if keep_last else {}
+                logits = self.model(
                     input_ids=input_ids.to(self.device),
                     attention_mask=mask.to(self.device),
-                    generation_config=config,
-                )
-                texts = tok.batch_decode(generated[:, width:], skip_special_tokens=True)
-                for i, text in zip(batch, texts, strict=True):
-                    out[i] = text
+                    position_ids=positions.to(self.device),
+                    **extra,
+                ).logits
+                logits = logits[:, -need:, :].float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                for row, i in enumerate(batch):
+                    target = torch.tensor(pairs[i][1], dtype=torch.long, device=logprobs.device)
+                    n = target.shape[0]
+                    # Kept positions -need .. -1 map to absolute W-need .. W-1; the predictors
+                    # of the n targets are the kept positions need-n-1 .. need-2.
+                    picked = logprobs[row, need - n - 1 : need - 1, :].gather(
+                        -1, target.unsqueeze(-1)
+                    )
+                    out[i] = float(picked.sum().item())
         return out

@@ -21,7 +21,15 @@ from swarmq.errors import UtilityError
 if TYPE_CHECKING:
     from swarmq.objectives._data import Dataset
 
-__all__ = ["TextGenerator", "Utility", "UtilityOptions", "UtilityResult"]
+__all__ = [
+    "ChatGenerator",
+    "LikelihoodScorer",
+    "TextGenerator",
+    "Utility",
+    "UtilityOptions",
+    "UtilityResult",
+    "require_capability",
+]
 
 
 @runtime_checkable
@@ -34,6 +42,48 @@ class TextGenerator(Protocol):
     """
 
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]: ...
+
+
+@runtime_checkable
+class LikelihoodScorer(Protocol):
+    """Optional generator capability: how likely the model finds given continuations.
+
+    ``loglikelihood`` returns, for each ``(prompt, continuation)`` pair in order, the sum of the
+    natural-log probabilities of the continuation's tokens given the prompt (the prompt's own
+    tokens are not scored). It is batched and deterministic: equal inputs give equal numbers,
+    whatever else is in the batch (up to floating-point noise of a few 1e-5).
+    """
+
+    def loglikelihood(self, prompts: list[str], continuations: list[str]) -> list[float]: ...
+
+
+@runtime_checkable
+class ChatGenerator(Protocol):
+    """Optional generator capability: greedy replies to prompts sent as one chat user turn.
+
+    ``generate_chat`` wraps each prompt in the model's chat template (a single user message and
+    the assistant's turn opened) and returns the reply only, like :meth:`TextGenerator.generate`.
+    """
+
+    def generate_chat(self, prompts: list[str], max_new_tokens: int) -> list[str]: ...
+
+
+def require_capability(generator: Any, capability: type, utility: str, why: str) -> Any:
+    """Return ``generator`` if it has ``capability`` (a protocol above), else raise.
+
+    Utilities that need more than :class:`TextGenerator` call this first, so that a generator
+    lacking the method fails with a message naming the utility, the missing method and the
+    option that asked for it, instead of an ``AttributeError`` deep inside scoring.
+    """
+    if isinstance(generator, capability):
+        return generator
+    methods = ", ".join(
+        name for name in ("loglikelihood", "generate_chat") if name in vars(capability)
+    )
+    raise UtilityError(
+        f"utility {utility!r} {why}, which needs a generator with {methods}() "
+        f"({capability.__name__}); {type(generator).__name__} does not have it"
+    )
 
 
 @dataclass(frozen=True)
@@ -121,6 +171,8 @@ class Utility(ABC):
             loc = ".".join(str(p) for p in e["loc"]) or "(options)"
             if e["type"] == "extra_forbidden":
                 lines.append(f"  {loc} = {e.get('input')!r}: unknown option")
+            elif e["type"] == "missing":
+                lines.append(f"  {loc}: required option is missing")
             else:
                 msg = e["msg"].removeprefix("Value error, ")
                 lines.append(f"  {loc} = {e.get('input')!r}: {msg}")
@@ -147,6 +199,19 @@ class Utility(ABC):
     # Optional: per-example answers, for ensembles (a majority vote over several models). A
     # utility that supports them overrides both methods, so that
     # ``score_predictions(predict(g, ex), ex)`` equals ``score(g, ex)``.
+    def check_predictions(self) -> None:
+        """Raise :class:`UtilityError` unless :meth:`predict` gives answers with these options.
+
+        Lets a caller (the ensemble of the final report) refuse before any evaluation, also for
+        utilities whose support depends on their options. The default: supported exactly when
+        the class overrides :meth:`predict`.
+        """
+        if type(self).predict is Utility.predict:
+            raise UtilityError(
+                f"utility {self.name or type(self).__name__!r} gives no per-example answers, so "
+                "its models cannot be ensembled by majority vote"
+            )
+
     def predict(
         self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
     ) -> list[str | None]:
@@ -155,9 +220,11 @@ class Utility(ABC):
         The default refuses: a utility that is not a mean over per-example answers (a reward,
         a judge's rating) has nothing to vote on.
         """
+        self.check_predictions()
+        # Reached only through super().predict() from a subclass that overrides predict.
         raise UtilityError(
-            f"utility {self.name or type(self).__name__!r} gives no per-example answers, so its "
-            "models cannot be ensembled by majority vote"
+            f"utility {self.name or type(self).__name__!r}: Utility.predict gives no answers; "
+            "a utility with per-example answers implements predict itself"
         )
 
     def score_predictions(

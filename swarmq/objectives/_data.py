@@ -17,7 +17,7 @@ from typing import Any
 
 from swarmq.errors import DatasetError
 
-__all__ = ["SPLITS", "Dataset", "load_dataset"]
+__all__ = ["SPLITS", "Dataset", "check_items", "load_dataset"]
 
 SPLITS = ("dev", "test")
 
@@ -140,7 +140,21 @@ def _check_split(
         )
     if not items:
         raise DatasetError(f"dataset file {str(path)!r}: the {split!r} split is empty")
-    for i, item in enumerate(items):
+    check_items(path, split, enumerate(items), keys)
+    return tuple(items)
+
+
+def check_items(
+    path: Path, split: str, items: Iterable[tuple[int, Any]], keys: Iterable[str]
+) -> None:
+    """Check ``(index, item)`` pairs of ``split``: each an object with ``keys`` of the right shape.
+
+    The indices are those of the file, so a utility checking a subset of a split (e.g. one task
+    of a multi-task file) still names the right item. Raises :class:`DatasetError`.
+    """
+    keys = tuple(keys)
+    item_shape = "{" + ", ".join(f'"{k}": ...' for k in keys) + "}" if keys else "{...}"
+    for i, item in items:
         if not isinstance(item, dict):
             raise DatasetError(
                 f"dataset file {str(path)!r}: {split}[{i}] is a JSON {_kind(item)}, expected an "
@@ -158,7 +172,6 @@ def _check_split(
                     f"dataset file {str(path)!r}: {split}[{i}][{key!r}] = {_short(item[key])}: "
                     f"expected {shape[1]}"
                 )
-    return tuple(items)
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -7,12 +7,14 @@ must always mean the same code.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from swarmq.errors import UtilityError
 from swarmq.objectives._base import Utility
+from swarmq.objectives._plugins import import_object, is_plugin_spec, parse_spec
 
 if TYPE_CHECKING:
     from swarmq.config import ObjectiveConfig
@@ -21,6 +23,7 @@ __all__ = [
     "available_utilities",
     "build_utility",
     "get_utility",
+    "load_plugin_utility",
     "register_utility",
     "utility_from_config",
 ]
@@ -71,12 +74,60 @@ def available_utilities() -> list[str]:
 
 
 def get_utility(name: str) -> type[Utility]:
-    """The utility class registered as ``name``; unknown names raise :class:`UtilityError`."""
+    """The utility class registered as ``name``; unknown names raise :class:`UtilityError`.
+
+    ``name`` may also be a plug-in spec, ``path/to/file.py:ClassName`` or
+    ``package.module:ClassName``: the file or module is imported (once per process) and the
+    class returned, registered under its own name (see :func:`load_plugin_utility`).
+    """
+    if isinstance(name, str) and is_plugin_spec(name):
+        return load_plugin_utility(name)
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
         names = ", ".join(available_utilities()) or "(none)"
-        raise UtilityError(f"unknown utility {name!r}; available utilities: {names}") from None
+        raise UtilityError(
+            f"unknown utility {name!r}; available utilities: {names}; or name your own "
+            "utility class as 'path/to/file.py:ClassName'"
+        ) from None
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+def load_plugin_utility(spec_text: str) -> type[Utility]:
+    """Import a user's utility class from ``path/to/file.py:ClassName`` (or ``module:Class``).
+
+    The class must be a concrete :class:`Utility` subclass. If the file registered it with
+    :func:`register_utility`, that name is kept; otherwise it is registered here under its own
+    ``name`` attribute when the class sets one, else under its class name in snake case
+    (``MyUtility`` -> ``my_utility``). Raises :class:`UtilityError` naming the spec for a missing
+    file, an import failure, a missing class, an object that is not a concrete Utility subclass,
+    or a name already registered by another class.
+    """
+    spec = parse_spec(spec_text, "utility", "'path/to/file.py:ClassName' or 'module:ClassName'")
+    obj = import_object(spec, "utility plug-in")
+    if not (isinstance(obj, type) and issubclass(obj, Utility)):
+        kind = f"the class {obj.__name__}" if isinstance(obj, type) else type(obj).__name__
+        raise UtilityError(
+            f"utility plug-in {spec_text!r}: {spec.attribute!r} is {kind}, not a subclass of "
+            "swarmq.objectives.Utility"
+        )
+    if inspect.isabstract(obj):
+        missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+        raise UtilityError(
+            f"utility plug-in {spec_text!r}: {obj.__name__} does not implement {missing}"
+        )
+    if obj.name and _REGISTRY.get(obj.name) is obj:
+        return obj
+    # A name inherited from a registered parent class is not this class's own name.
+    own = vars(obj).get("name") or ""
+    name = own if isinstance(own, str) and own else _snake(obj.__name__)
+    try:
+        return register_utility(name)(obj)
+    except UtilityError as err:
+        raise UtilityError(f"utility plug-in {spec_text!r}: {err}") from None
 
 
 def build_utility(

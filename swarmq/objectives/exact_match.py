@@ -1,23 +1,25 @@
 """``exact_match``: accuracy when the gold answer ends the output (NLGraph, GSM8k).
 
-The paper's reference code counts an output correct when the answer string occurs anywhere in
-the (short) output; swarmq looks only at the output's tail, so that an answer the model merely
-repeats from the question early on does not count, while "... the answer is 42" still does.
+The paper's reference code counts an output correct when the answer string occurs in the
+(stripped) output: anywhere in a 10-token output for NLGraph, in the last 5 words of a 200-token
+output for GSM8k. By default swarmq looks only at the output's last characters, so that an
+answer the model merely repeats from the question early on does not count, while "... the
+answer is 42" still does; ``match = "whole"`` and ``tail_words = 5`` give the paper's two rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from swarmq.errors import DatasetError, UtilityError
 from swarmq.objectives._base import TextGenerator, Utility, UtilityOptions, UtilityResult
 from swarmq.objectives._data import SPLITS, Dataset
 from swarmq.objectives._registry import register_utility
 
-__all__ = ["ExactMatch", "answer_in_tail", "tail_length"]
+__all__ = ["ExactMatch", "answer_in_output", "answer_in_tail", "tail_length"]
 
 _SAMPLES = 3
 
@@ -39,6 +41,30 @@ def answer_in_tail(output: str, answer: str, tail_chars: int | None = None) -> b
     return gold in text[-tail_length(gold, tail_chars) :]
 
 
+def answer_in_output(
+    output: str,
+    answer: str,
+    *,
+    match: Literal["tail", "whole"] = "tail",
+    tail_chars: int | None = None,
+    tail_words: int | None = None,
+) -> bool:
+    """The test of ``exact_match``: is the stripped ``answer`` in the chosen part of ``output``?
+
+    ``match = "whole"``: anywhere in the stripped output (the reference code's NLGraph rule).
+    ``tail_words = K``: in the last K space-separated words (its GSM8k rule, with K = 5).
+    Otherwise: :func:`answer_in_tail` with ``tail_chars``.
+    """
+    gold = answer.strip()
+    if not gold:
+        return False
+    if match == "whole":
+        return gold in output.strip()
+    if tail_words is not None:
+        return gold in " ".join(output.strip().split(" ")[-tail_words:])
+    return answer_in_tail(output, answer, tail_chars)
+
+
 class ExactMatchOptions(UtilityOptions):
     """Options of ``exact_match``."""
 
@@ -51,6 +77,26 @@ class ExactMatchOptions(UtilityOptions):
         ge=1,
         description="characters of the output's end searched; default max(10, 2*len(answer))",
     )
+    tail_words: int | None = Field(
+        None,
+        ge=1,
+        description="search the last K space-separated words instead (the paper's GSM8k rule: 5)",
+    )
+    match: Literal["tail", "whole"] = Field(
+        "tail",
+        description="'whole' searches the whole output (the paper's NLGraph rule, with "
+        "max_new_tokens = 10)",
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ExactMatchOptions:
+        if self.tail_chars is not None and self.tail_words is not None:
+            raise ValueError("set tail_chars or tail_words, not both")
+        if self.match == "whole" and (self.tail_chars is not None or self.tail_words is not None):
+            raise ValueError(
+                "match = 'whole' searches the whole output: remove tail_chars and tail_words"
+            )
+        return self
 
     @field_validator("prompt_template")
     @classmethod
@@ -90,6 +136,13 @@ class ExactMatch(Utility):
         """The prompts of ``examples``, in order."""
         return [self.options.prompt_template.format(question=ex["question"]) for ex in examples]
 
+    def is_correct(self, output: str, answer: str) -> bool:
+        """Whether ``output`` gives ``answer`` by this utility's rule (see the options)."""
+        o = self.options
+        return answer_in_output(
+            output, answer, match=o.match, tail_chars=o.tail_chars, tail_words=o.tail_words
+        )
+
     def score(
         self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
     ) -> UtilityResult:
@@ -107,7 +160,7 @@ class ExactMatch(Utility):
         samples: list[dict[str, Any]] = []
         for ex, out in zip(examples, outputs, strict=True):
             answer = str(ex["answer"])
-            hit = answer_in_tail(out, answer, self.options.tail_chars)
+            hit = self.is_correct(out, answer)
             correct += hit
             if len(samples) < _SAMPLES:
                 samples.append({"output": out[:200], "answer": answer, "correct": hit})
@@ -144,7 +197,7 @@ class ExactMatch(Utility):
                 f"exact_match: {len(predictions)} predictions for {len(examples)} examples"
             )
         correct = sum(
-            p is not None and answer_in_tail(p, str(ex["answer"]), self.options.tail_chars)
+            p is not None and self.is_correct(p, str(ex["answer"]))
             for p, ex in zip(predictions, examples, strict=True)
         )
         n = len(examples)

@@ -3,21 +3,41 @@
 Prompt, decoding and answer parsing follow the paper's reference code (``evaluate.py``:
 ``multiple_choice_prompt`` and ``multiple_choice_answer_parsing``), so utilities are comparable
 with the paper's numbers.
+
+``mode = "loglik"`` scores the same prompt without generating: each option's continuation
+(`` A``, or the option's text) is scored by its log-likelihood, the options' probabilities are
+normalised to sum to 1, and the model's answer is the most likely option. Small models are near
+chance at generating a letter, but the probability they give the right option still moves with
+their weights: ``score = "prob"`` makes that mean probability the utility.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from swarmq.errors import DatasetError, UtilityError
-from swarmq.objectives._base import TextGenerator, Utility, UtilityOptions, UtilityResult
+from swarmq.objectives._base import (
+    LikelihoodScorer,
+    TextGenerator,
+    Utility,
+    UtilityOptions,
+    UtilityResult,
+    require_capability,
+)
 from swarmq.objectives._data import SPLITS, Dataset
 from swarmq.objectives._registry import register_utility
 
-__all__ = ["DEFAULT_INSTRUCTION", "MultipleChoice", "build_prompt", "parse_choice"]
+__all__ = [
+    "DEFAULT_INSTRUCTION",
+    "MultipleChoice",
+    "build_prompt",
+    "option_probabilities",
+    "parse_choice",
+]
 
 DEFAULT_INSTRUCTION = "Please choose an option that best answers the question."
 
@@ -62,6 +82,14 @@ def parse_choice(output: str, choices: Mapping[str, str]) -> str | None:
     return None
 
 
+def option_probabilities(scores: Sequence[float]) -> list[float]:
+    """Softmax of per-option log-likelihoods: each option's probability among the options."""
+    top = max(scores)
+    weights = [math.exp(x - top) for x in scores]  # shifted by the max: no overflow
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 class MultipleChoiceOptions(UtilityOptions):
     """Options of ``multiple_choice``."""
 
@@ -71,6 +99,43 @@ class MultipleChoiceOptions(UtilityOptions):
         description="first line of the prompt; the paper uses 'Please choose an option that best "
         "completes the sentence.' for Hellaswag and none for Knowledge Crosswords",
     )
+    mode: Literal["generate", "loglik"] = Field(
+        "generate",
+        description="'generate': greedy generation and answer parsing (the paper); 'loglik': "
+        "the option with the highest log-likelihood after the prompt (needs a model)",
+    )
+    score: Literal["accuracy", "prob"] = Field(
+        "accuracy",
+        description="the utility: 'accuracy', or (mode = 'loglik') 'prob', the mean normalised "
+        "probability of the gold option",
+    )
+    target: Literal["letter", "text"] = Field(
+        "letter",
+        description="mode = 'loglik': score ' A' (the letter) or ' <option text>' after the prompt",
+    )
+    length_normalise: bool = Field(
+        False,
+        description="mode = 'loglik': divide each option's log-likelihood by its length in "
+        "characters before comparing (for target = 'text' with options of unequal length)",
+    )
+
+    @model_validator(mode="after")
+    def _loglik_only(self) -> MultipleChoiceOptions:
+        if self.mode == "generate":
+            given = [
+                f"{name} = {value!r}"
+                for name, value, default in (
+                    ("score", self.score, "accuracy"),
+                    ("target", self.target, "letter"),
+                    ("length_normalise", self.length_normalise, False),
+                )
+                if value != default
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} applies only to mode = 'loglik' (mode is 'generate')"
+                )
+        return self
 
 
 @register_utility("multiple_choice")
@@ -78,7 +143,10 @@ class MultipleChoice(Utility):
     """Accuracy: the share of questions whose parsed letter equals the gold ``answer``.
 
     Items: ``{"question": str, "choices": {"A": str, ...}, "answer": "A"}``. An output naming no
-    choice counts as wrong (the paper parses it to the impossible letter ``Z``).
+    choice counts as wrong (the paper parses it to the impossible letter ``Z``). With
+    ``mode = "loglik"`` the answer is the most likely option instead (a tie goes to the option
+    listed first), and ``score = "prob"`` makes the utility the mean probability of the gold
+    option; the generator must then be a :class:`swarmq.objectives.LikelihoodScorer`.
     """
 
     example_keys: ClassVar[tuple[str, ...]] = ("question", "choices", "answer")
@@ -101,12 +169,90 @@ class MultipleChoice(Utility):
             build_prompt(ex["question"], ex["choices"], self.options.instruction) for ex in examples
         ]
 
+    def continuations(self, example: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """``(letter, continuation)`` of each option, in the dataset's order (mode 'loglik')."""
+        choices: Mapping[str, str] = example["choices"]
+        if self.options.target == "letter":
+            return [(letter, f" {letter}") for letter in choices]
+        return [(letter, f" {text}") for letter, text in choices.items()]
+
+    def option_scores(
+        self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, float]]:
+        """Per example, each option letter's normalised probability (mode 'loglik').
+
+        All options of all examples go to the generator in one call, so that it can batch them.
+        """
+        scorer: LikelihoodScorer = require_capability(
+            generator, LikelihoodScorer, "multiple_choice", "is set to mode = 'loglik'"
+        )
+        prompts = self.prompts(examples)
+        asked: list[tuple[int, str, str]] = [
+            (i, letter, cont)
+            for i, ex in enumerate(examples)
+            for letter, cont in self.continuations(ex)
+        ]
+        values = scorer.loglikelihood([prompts[i] for i, _, _ in asked], [c for _, _, c in asked])
+        if len(values) != len(asked):
+            raise UtilityError(
+                f"multiple_choice: the generator returned {len(values)} log-likelihoods for "
+                f"{len(asked)} options"
+            )
+        per_example: list[dict[str, float]] = [{} for _ in examples]
+        for (i, letter, cont), value in zip(asked, values, strict=True):
+            ll = float(value)
+            if not math.isfinite(ll):
+                raise UtilityError(
+                    f"multiple_choice: the log-likelihood of option {letter!r} of example {i} "
+                    f"is {value!r}, not a finite number"
+                )
+            per_example[i][letter] = ll / len(cont) if self.options.length_normalise else ll
+        out: list[dict[str, float]] = []
+        for scores in per_example:
+            letters = list(scores)
+            probs = option_probabilities([scores[x] for x in letters])
+            out.append(dict(zip(letters, probs, strict=True)))
+        return out
+
+    def _score_loglik(
+        self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
+    ) -> UtilityResult:
+        probs = self.option_scores(generator, examples)
+        correct = 0
+        gold_total = 0.0
+        samples: list[dict[str, Any]] = []
+        for ex, p in zip(examples, probs, strict=True):
+            best = max(p, key=p.__getitem__)  # first maximum: dataset order breaks ties
+            correct += best == ex["answer"]
+            gold_total += p[ex["answer"]]
+            if len(samples) < _SAMPLES:
+                rounded = {k: round(v, 4) for k, v in p.items()}
+                samples.append({"probs": rounded, "predicted": best, "answer": ex["answer"]})
+        n = len(examples)
+        accuracy, gold_prob = correct / n, gold_total / n
+        return UtilityResult(
+            value=gold_prob if self.options.score == "prob" else accuracy,
+            metrics={
+                "n": n,
+                "correct": correct,
+                "accuracy": accuracy,
+                "gold_prob": gold_prob,
+                "samples": samples,
+            },
+        )
+
     def score(
         self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
     ) -> UtilityResult:
-        """Generate greedily for every question, parse the letter, return the accuracy."""
+        """Generate greedily for every question, parse the letter, return the accuracy.
+
+        In mode 'loglik', rank the options by likelihood instead; metrics then hold both the
+        accuracy and ``gold_prob``, the mean normalised probability of the gold option.
+        """
         if not examples:
             raise UtilityError("multiple_choice: no examples to score")
+        if self.options.mode == "loglik":
+            return self._score_loglik(generator, examples)
         prompts = self.prompts(examples)
         outputs = generator.generate(prompts, self.options.max_new_tokens)
         if len(outputs) != len(prompts):
@@ -128,12 +274,29 @@ class MultipleChoice(Utility):
             metrics={"n": n, "correct": correct, "unparsed": unparsed, "samples": samples},
         )
 
+    def check_predictions(self) -> None:
+        """Letters are voted on, except with ``score = "prob"`` (refused: a vote gives letters,
+        whose accuracy is not that utility's value)."""
+        if self.options.score == "prob":
+            raise UtilityError(
+                "multiple_choice with score = 'prob' gives a probability, not an answer, per "
+                "example, so its models cannot be ensembled by majority vote; use score = "
+                "'accuracy' for ensembles"
+            )
+
     def predict(
         self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
     ) -> list[str | None]:
-        """The parsed choice letter of each question (``None`` when the output names none)."""
+        """The parsed choice letter of each question (``None`` when the output names none).
+
+        In mode 'loglik' the most likely option. With ``score = "prob"`` there is nothing to
+        vote on that reproduces the utility (votes give letters, not probabilities): refused.
+        """
+        self.check_predictions()
         if not examples:
             raise UtilityError("multiple_choice: no examples to predict")
+        if self.options.mode == "loglik":
+            return [max(p, key=p.__getitem__) for p in self.option_scores(generator, examples)]
         prompts = self.prompts(examples)
         outputs = generator.generate(prompts, self.options.max_new_tokens)
         if len(outputs) != len(prompts):
@@ -147,6 +310,11 @@ class MultipleChoice(Utility):
         self, predictions: Sequence[str | None], examples: Sequence[Mapping[str, Any]]
     ) -> UtilityResult:
         """Accuracy of given letters; ``None`` (no answer) counts as wrong, as in :meth:`score`."""
+        if self.options.score == "prob":
+            raise UtilityError(
+                "multiple_choice with score = 'prob' cannot score letters: its utility is a "
+                "probability; use score = 'accuracy' for ensembles"
+            )
         if not examples or len(predictions) != len(examples):
             raise UtilityError(
                 f"multiple_choice: {len(predictions)} predictions for {len(examples)} examples"

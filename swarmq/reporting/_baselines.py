@@ -159,9 +159,9 @@ class ModelScorer:
         return self._evaluator.utility
 
     def check_ensemble(self) -> None:
-        utility = self._utility
-        if type(utility).predict is Utility.predict:
-            utility.predict(self._evaluator, [])  # raises the utility's own UtilityError
+        # Asks the utility itself: support can depend on its options (a probability score
+        # has no answer to vote on), and it must be refused before any evaluation runs.
+        self._utility.check_predictions()
 
     def score(self, vector: np.ndarray, split: str) -> UtilityResult:
         return self._evaluator.evaluate(self._layout, vector, split)  # type: ignore[arg-type]

@@ -121,7 +121,9 @@ def export_merged(
     _check_target(out_dir, overwrite)
     dtype: Any = "auto" if base.dtype == "auto" else getattr(torch, _DTYPES[base.dtype])
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            base.path, dtype=dtype, use_safetensors=True
+        )
         tokenizer = AutoTokenizer.from_pretrained(base.path)
     except Exception as err:  # any loader failure becomes one clear message
         raise ModelError(

@@ -23,11 +23,14 @@ from swarmq.errors import StorageError
 
 __all__ = ["Database", "redact_url"]
 
-_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]*@")
+# scheme://user:password@host: the user may be empty (Redis: redis://:password@host), and the
+# password runs to the last "@" before a blank, so one holding a raw "@" is hidden whole (a
+# shorter match would print its tail). URLs inside longer messages are found too.
+_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)\S*@")
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for messages and logs."""
+    """The URL (or a message holding URLs) with every password replaced by ``***``."""
     return _PASSWORD.sub(r"\1***@", str(url))
 
 

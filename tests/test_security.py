@@ -1,0 +1,607 @@
+"""Security: only JSON crosses the broker, only safetensors is read as weights, artifact names
+cannot leave the store, credentials are never shown, and Flower is behind authentication.
+
+The broker and credential tests run real processes: a worker on a password-protected Redis of
+the test's own with a database URL that carries a password (the shared PostgreSQL trusts local
+connections and ignores it), and the CLI against servers that are down.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from clusters import TIMINGS, Cluster, PrivateRedis, closed_form, free_port, make_pool
+from sqlalchemy import update
+
+from swarmq.cli import main
+from swarmq.engine import create_search, run_evaluation, search_summary
+from swarmq.errors import ArtifactError
+from swarmq.execution import EmbeddedRunner, app
+from swarmq.settings import Settings
+from swarmq.storage import Database, EvaluationRow
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+PASSWORD = "S3cret-pw-4217"  # must never appear in any output
+
+
+class _Exploit:
+    """Unpickling this creates ``marker``: proof that a pickle was loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.marker, "w"))
+
+
+# --- the broker: JSON only ----------------------------------------------------------------------
+
+
+def test_only_json_is_sent_or_accepted() -> None:
+    conf = app.conf
+    assert conf.accept_content == ["json"]
+    assert (conf.task_serializer, conf.result_serializer, conf.event_serializer) == (
+        "json",
+        "json",
+        "json",
+    )
+    # The worker entry point (celery -A swarmq.execution.worker) serves this same app.
+    import swarmq.execution.worker as worker
+
+    assert worker.app is app and worker.app.conf.accept_content == ["json"]
+
+
+@pytest.fixture(scope="module")
+def secret_db(postgres_server: str) -> Iterator[str]:
+    """A fresh database on the shared PostgreSQL, addressed by a URL with a password."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from swarmq.storage import Database
+
+    name = f"swarmq_sec_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = (
+        make_url(postgres_server)
+        .set(database=name, password=PASSWORD)
+        .render_as_string(hide_password=False)
+    )
+    db = Database(url)
+    db.upgrade()
+    db.engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def secret_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis(password=PASSWORD).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def secret_env(
+    secret_db: str, secret_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("secure")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMQ_")}
+    return (
+        env
+        | TIMINGS
+        | {
+            "SWARMQ_DATABASE_URL": secret_db,
+            "SWARMQ_BROKER_URL": secret_redis.url,
+            "SWARMQ_ARTIFACTS": str(root / "artifacts"),
+            "SWARMQ_EVALUATE": "fault_hooks:evaluate",
+            "PYTHONPATH": os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(
+                os.pathsep
+            ),
+            "HF_HUB_OFFLINE": "1",
+            "LOGS": str(root),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def secret_cluster(secret_env: dict[str, str]) -> Iterator[Cluster]:
+    """A coordinator and an evaluation worker whose database and broker URLs hold passwords."""
+    c = Cluster(secret_env, Path(secret_env["LOGS"]))
+    try:
+        c.start("coordinator", "--coordinator", ready=False)
+        c.start("eval", ready=False)
+        c.wait_ready("coordinator")
+        c.wait_ready("eval")
+        yield c
+    finally:
+        c.stop_all()
+
+
+def _logs(cluster: Cluster) -> str:
+    return "\n".join(
+        (cluster.logs / f"{name}.log").read_text(errors="replace") for name in cluster.procs
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_pickled_message_is_refused_by_a_real_worker(
+    secret_env: dict[str, str],
+    secret_cluster: Cluster,
+    secret_redis: PrivateRedis,
+    tmp_path: Path,
+) -> None:
+    from kombu import Connection
+
+    marker = tmp_path / "pwned"
+    with Connection(secret_redis.url) as conn:
+        producer = conn.Producer()
+        for queue in ("swarmq.evaluate", "swarmq.coordinator"):
+            task = "swarmq.evaluate" if queue == "swarmq.evaluate" else "swarmq.coordinate"
+            # A message as Celery's protocol 2 frames one, but pickled, with a payload that
+            # runs code when it is unpickled.
+            producer.publish(
+                ((), {"search_id": _Exploit(marker)}, {}),
+                serializer="pickle",
+                routing_key=queue,
+                exchange=queue,
+                headers={"task": task, "id": str(uuid.uuid4()), "lang": "py"},
+                declare=[],
+            )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        refused = _logs(secret_cluster).count("untrusted content of type pickle")
+        if refused >= 2:
+            break
+        time.sleep(0.1)
+    assert refused >= 2, secret_cluster.tails()
+    assert not marker.exists()
+    # The messages were dropped, not left to be delivered again, and the workers live on.
+    import redis
+
+    broker = redis.Redis.from_url(secret_redis.url)
+
+    def pickled_left() -> list[Any]:
+        waiting = [
+            json.loads(raw)
+            for queue in ("swarmq.evaluate", "swarmq.coordinator")
+            for raw in broker.lrange(queue, 0, -1)
+        ] + [json.loads(raw)[0] for raw in broker.hvals("unacked")]
+        return [m for m in waiting if m["content-type"] != "application/json"]
+
+    deadline = time.monotonic() + 10
+    while pickled_left() and time.monotonic() < deadline:  # acknowledged just after the log
+        time.sleep(0.1)
+    assert pickled_left() == []
+    assert all(p.poll() is None for p in secret_cluster.procs.values())
+
+
+# --- weights: safetensors only ------------------------------------------------------------------
+
+# (module, function) pairs that unpickle; any call of one of them in swarmq is refused.
+_UNPICKLERS = {
+    ("torch", "load"),
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("pickle", "Unpickler"),
+    ("dill", "load"),
+    ("dill", "loads"),
+    ("cloudpickle", "load"),
+    ("cloudpickle", "loads"),
+    ("joblib", "load"),
+    ("marshal", "load"),
+    ("marshal", "loads"),
+    ("shelve", "open"),
+    ("yaml", "load"),
+    ("yaml", "unsafe_load"),
+    ("yaml", "full_load"),
+    ("torch.serialization", "load"),
+}
+_PICKLE_MODULES = {"pickle", "dill", "cloudpickle", "joblib", "marshal", "shelve", "_pickle"}
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def _loader_calls(tree: ast.AST) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            for name in names:
+                if name and name.split(".")[0] in _PICKLE_MODULES:
+                    found.append((node.lineno, f"import {name}"))
+            if isinstance(node, ast.ImportFrom) and node.module in {m for m, _f in _UNPICKLERS}:
+                for alias in node.names:
+                    if (node.module, alias.name) in _UNPICKLERS:
+                        found.append((node.lineno, f"from {node.module} import {alias.name}"))
+        if not isinstance(node, ast.Call):
+            continue
+        name = _dotted(node.func)
+        module, _, func = name.rpartition(".")
+        if (module, func) in _UNPICKLERS or (module.endswith("torch") and func == "load"):
+            found.append((node.lineno, name))
+        keywords = {k.arg: k.value for k in node.keywords}
+        allow = keywords.get("allow_pickle")
+        if func == "load" and isinstance(allow, ast.Constant) and allow.value is True:
+            found.append((node.lineno, f"{name}(allow_pickle=True)"))
+        # A model's from_pretrained reads pytorch_model.bin (a pickle) when a folder has no
+        # safetensors: every model loader must insist on safetensors.
+        owner = module.rsplit(".", 1)[-1]
+        is_model = owner.startswith("AutoModel") or ("For" in owner and "Peft" not in owner)
+        if func == "from_pretrained" and is_model:
+            safe = keywords.get("use_safetensors")
+            if not (isinstance(safe, ast.Constant) and safe.value is True):
+                found.append((node.lineno, f"{name}(...) without use_safetensors=True"))
+    return found
+
+
+def test_no_pickle_loader_in_the_package() -> None:
+    offenders = []
+    for path in sorted((REPO / "swarmq").rglob("*.py")):
+        for line, what in _loader_calls(ast.parse(path.read_text(), str(path))):
+            offenders.append(f"{path.relative_to(REPO)}:{line}: {what}")
+    assert offenders == []
+
+
+def test_the_scan_finds_what_it_looks_for() -> None:
+    # The scan above would pass on an empty list of findings: make sure it can fail.
+    sample = (
+        "import pickle\nimport torch\nfrom yaml import unsafe_load\nimport numpy as np\n"
+        "torch.load('x')\nnp.load('x', allow_pickle=True)\n"
+        "AutoModelForCausalLM.from_pretrained('x')\n"
+        "AutoModelForCausalLM.from_pretrained('x', use_safetensors=True)\n"
+        "AutoTokenizer.from_pretrained('x')\n"
+    )
+    found = [what for _line, what in _loader_calls(ast.parse(sample))]
+    assert found == [
+        "import pickle",
+        "from yaml import unsafe_load",
+        "torch.load",
+        "np.load(allow_pickle=True)",
+        "AutoModelForCausalLM.from_pretrained(...) without use_safetensors=True",
+    ]
+
+
+def _cli(tmp_path: Path, *args: str) -> Any:
+    return CliRunner().invoke(
+        main,
+        [
+            "--db",
+            f"sqlite:///{tmp_path / 'db.sqlite'}",
+            "--artifacts",
+            str(tmp_path / "art"),
+            *args,
+        ],
+    )
+
+
+def test_pickled_expert_adapter_is_refused_unread(
+    tmp_path: Path, tiny_world: dict[str, Path], write_config: Callable[..., Path]
+) -> None:
+    marker = tmp_path / "pwned"
+    pool = tmp_path / "experts"
+    shutil.copytree(tiny_world["experts"], pool)
+    victim = sorted(pool.iterdir())[1]
+    (victim / "adapter_model.safetensors").unlink()
+    (victim / "adapter_model.bin").write_bytes(pickle.dumps(_Exploit(marker)))
+    config = write_config()
+    config.write_text(
+        config.read_text().replace(json.dumps(str(tiny_world["experts"])), json.dumps(str(pool)))
+    )
+    result = _cli(tmp_path, "run", str(config))
+    assert result.exit_code == 2, result.output
+    assert "pickled weights ['adapter_model.bin']" in result.output
+    assert "safetensors only" in result.output and "Traceback" not in result.output
+    assert not marker.exists()
+
+
+def test_base_model_with_pickled_weights_is_refused_unread(
+    tmp_path: Path, tiny_world: dict[str, Path], write_config: Callable[..., Path]
+) -> None:
+    marker = tmp_path / "pwned"
+    base = tmp_path / "base"
+    shutil.copytree(tiny_world["base"], base)
+    (base / "model.safetensors").unlink()
+    (base / "pytorch_model.bin").write_bytes(pickle.dumps(_Exploit(marker)))
+    config = write_config()
+    config.write_text(
+        config.read_text().replace(json.dumps(str(tiny_world["base"])), json.dumps(str(base)))
+    )
+    result = _cli(tmp_path, "run", str(config), "--quiet")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "cannot load base model" in text and "model.safetensors" in text, text
+    assert not marker.exists()
+
+
+# --- artifacts: names cannot leave the store ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad", ["../../../../etc/passwd", "/etc/passwd", "A" * 64, "0" * 63 + "/", "x" * 64]
+)
+def test_artifact_name_from_the_record_cannot_leave_the_store(bad: str, tmp_path: Path) -> None:
+    from swarmq.config import parse_config
+
+    pool = make_pool(tmp_path / "pool", 3)
+    cfg = parse_config(
+        {
+            "search": {"particles": 3, "max_iterations": 1},
+            "experts": {"path": str(pool)},
+            "base_model": {"path": "unused"},
+            "objective": {"utility": "exact_match", "dataset": str(pool / "none.json")},
+        }
+    )
+    read: list[np.ndarray] = []
+
+    def evaluate(*args: Any) -> tuple[float, dict[str, Any]]:
+        read.append(args[3])
+        return 0.0, {}
+
+    runner = EmbeddedRunner(
+        Settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art"), evaluate=evaluate
+    )
+    sid = create_search(runner.runtime, cfg, check_objective=False)
+    with runner.runtime.db.session() as s:  # a tampered (or hostile) record
+        s.execute(
+            update(EvaluationRow)
+            .where(EvaluationRow.search_id == sid, EvaluationRow.particle == 1)
+            .values(position_hash=bad)
+        )
+    with pytest.raises(ArtifactError, match="is not an artifact hash"):
+        run_evaluation(runner.runtime, sid, 0, 1)
+    assert read == []
+    summary = search_summary(runner.runtime.db, sid)
+    assert summary.status == "failed" and "not an artifact hash" in (summary.stop_reason or "")
+
+
+def test_a_store_file_swapped_for_a_link_outside_is_refused(tmp_path: Path) -> None:
+    from swarmq.storage import LocalArtifactStore
+
+    store = LocalArtifactStore(tmp_path / "store")
+    digest = store.put_vector(np.arange(4, dtype=np.float32))
+    outside = tmp_path / "outside.safetensors"
+    other = LocalArtifactStore(tmp_path / "other")
+    other_digest = other.put_vector(np.ones(4, dtype=np.float32))
+    shutil.copy(tmp_path / "other" / other_digest[:2] / f"{other_digest}.safetensors", outside)
+    path = tmp_path / "store" / digest[:2] / f"{digest}.safetensors"
+    path.unlink()
+    path.symlink_to(outside)
+    with pytest.raises(ArtifactError, match="corrupted"):
+        store.get_vector(digest)
+
+
+# --- credentials are never shown ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),  # Redis: no user name
+        ("postgresql+psycopg://u:pw@h/db", "postgresql+psycopg://u:***@h/db"),
+        ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),  # a raw "@" in it
+        ("amqp://guest:pw@h:5672//", "amqp://guest:***@h:5672//"),
+        (
+            "cannot reach redis://:pw@h/0 or amqp://u:pw@h//",
+            "cannot reach redis://:***@h/0 or amqp://u:***@h//",
+        ),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("sqlite:////data/a:b@c.db", "sqlite:////data/a:b@c.db"),
+    ],
+)
+def test_passwords_are_redacted_in_every_url_form(url: str, shown: str) -> None:
+    from swarmq.storage import redact_url
+
+    assert redact_url(url) == shown
+
+
+def _swarmq(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """The real command line in its own process: what a user (and a log collector) sees,
+    stdout, stderr and log records together."""
+    return subprocess.run(
+        [sys.executable, "-m", "swarmq", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _shown(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """The command line in this process: its exit status, and everything it showed: output,
+    error message, every log record of any level, and an unexpected exception's traceback."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        result = CliRunner(env=env).invoke(main, args)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    shown = [result.output, *(r.getMessage() for r in records)]
+    shown += [str(r.exc_info[1]) for r in records if r.exc_info and r.exc_info[1]]
+    if (
+        result.exc_info is not None
+        and result.exception is not None
+        and not isinstance(result.exception, SystemExit)
+    ):
+        shown.append("".join(traceback.format_exception(*result.exc_info)))
+    return result.exit_code, "\n".join(shown)
+
+
+def _clean_env() -> dict[str, str | None]:
+    """CliRunner's environment: this process's SWARMQ_* variables unset."""
+    return {k: None for k in os.environ if k.startswith(("SWARMQ_", "FLOWER_"))}
+
+
+def test_credentials_are_not_shown_when_the_servers_are_down(tmp_path: Path) -> None:
+    config = closed_form(make_pool(tmp_path / "pool", 2), "x")
+    yaml_config = tmp_path / "search.yaml"
+    yaml_config.write_text(yaml.safe_dump(json.loads(config.to_json())))
+    db_url = f"postgresql+psycopg://swarmq:{PASSWORD}@127.0.0.1:{free_port()}/swarmq"
+    redis_url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    settings_file = tmp_path / "settings.toml"
+    settings_file.write_text(
+        f'database_url = "{db_url}"\n'
+        f'broker_url = "amqp://guest:{PASSWORD}@127.0.0.1:{free_port()}//"\n'
+    )
+    from_env = {"SWARMQ_DATABASE_URL": db_url, "SWARMQ_BROKER_URL": redis_url}
+    variants = [
+        # from the environment, from a settings file, from options
+        ([], _clean_env() | from_env),
+        ([], _clean_env() | {"SWARMQ_SETTINGS": str(settings_file)}),
+        (["--db", db_url, "--broker", redis_url], _clean_env()),
+    ]
+    commands = [
+        ["settings"],
+        ["status"],
+        ["status", "abc"],
+        ["list"],
+        ["submit", str(yaml_config)],
+        ["resume", "abc"],
+        ["reconcile"],
+        ["cancel", "abc"],
+        ["watch", "abc"],
+        ["worker"],
+        ["db", "upgrade"],
+    ]
+    for options, env in variants:
+        env = env | {"SWARMQ_ARTIFACTS": str(tmp_path / "art")}
+        for command in commands:
+            code, shown = _shown([*options, *command], env)
+            assert PASSWORD not in shown, (command, shown)
+            assert "Traceback" not in shown, (command, shown)
+            if command == ["settings"]:
+                assert code == 0 and "***" in shown, shown
+            else:
+                assert code == 2 and "error:" in shown, (command, shown)
+    # The same, as separate processes (what a terminal or a log collector receives).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMQ_")} | from_env
+    for command in (["settings"], ["submit", str(yaml_config)], ["worker"]):
+        result = _swarmq(*command, env=env)
+        assert PASSWORD not in result.stdout + result.stderr, result.stderr
+        assert result.returncode == (0 if command == ["settings"] else 2), result.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_credentials_are_not_shown_by_a_live_cluster(
+    secret_env: dict[str, str], secret_cluster: Cluster, tmp_path: Path
+) -> None:
+    env = _clean_env() | {k: v for k, v in secret_env.items() if k.startswith("SWARMQ_")}
+    pool = make_pool(tmp_path / "pool", 3)
+    data = tmp_path / "data.json"
+    item = {"question": "q", "answer": "a"}
+    data.write_text(json.dumps({"dataset": "x", "dev": [item], "test": [item]}))
+    ok = tmp_path / "ok.toml"
+    ok.write_text(
+        f'[search]\nname = "returns-distance"\nparticles = 3\nmax_iterations = 1\n'
+        f'[experts]\npath = "{pool}"\n[base_model]\npath = "unused"\n'
+        f'[objective]\nutility = "exact_match"\ndataset = "{data}"\n'
+    )
+    # One search that completes and one whose utility fails, so that errors are shown too.
+    failing = tmp_path / "nan.toml"
+    failing.write_text(ok.read_text().replace("returns-distance", "returns-nan"))
+    outputs: list[str] = []
+    ids = []
+    for config in (ok, failing):
+        code, shown = _shown(["submit", str(config)], env)
+        assert code == 0, shown
+        ids.append(shown.split()[0])
+        outputs.append(shown)
+    db = Database(secret_env["SWARMQ_DATABASE_URL"])
+    deadline = time.monotonic() + 60
+    for sid, final in zip(ids, ("completed", "failed"), strict=True):
+        while search_summary(db, sid).status != final and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert search_summary(db, sid).status == final, secret_cluster.tails()
+    for args in (
+        ["settings"],
+        ["list"],
+        ["status"],
+        *[["status", sid] for sid in ids],
+        *[["watch", sid, "--interval", "0.2"] for sid in ids],
+        ["reconcile"],
+        ["resume", ids[1]],
+        ["cancel", ids[1]],
+    ):
+        code, shown = _shown(args, env)
+        outputs.append(shown)
+        assert code in (0, 2), (args, shown)
+    result = _swarmq("status", ids[1], env=secret_env)  # a process of its own too
+    outputs.append(result.stdout + result.stderr)
+    shown = "\n".join(outputs) + _logs(secret_cluster)
+    assert "finite" in shown  # the failure was shown...
+    assert "redis://:***@" in shown  # ...and the URLs, redacted
+    assert PASSWORD not in shown
+
+
+# --- Flower -------------------------------------------------------------------------------------
+
+
+def test_flower_refuses_to_start_without_authentication(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARMQ_", "FLOWER_"))}
+    result = _swarmq("--broker", f"redis://127.0.0.1:{free_port()}/0", "flower", env=env)
+    assert result.returncode == 2
+    assert "--basic-auth" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_docker_compose_puts_flower_behind_basic_auth() -> None:
+    compose = REPO / "docker-compose.yml"
+    assert compose.is_file(), f"{compose.name} is missing: the deployment must ship one"
+    services = yaml.safe_load(compose.read_text())["services"]
+    assert "flower" in services, "docker-compose.yml has no flower service"
+    flower = services["flower"]
+    command = flower.get("command") or []
+    argv = command.split() if isinstance(command, str) else [str(a) for a in command]
+    assert "--no-auth" not in argv, "the flower service runs without authentication"
+    environment = flower.get("environment") or {}
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    auth_options = [a for a in argv if a.startswith(("--basic-auth", "--basic_auth"))]
+    auth = environment.get("FLOWER_BASIC_AUTH") or (auth_options[0] if auth_options else None)
+    assert auth, "the flower service sets neither FLOWER_BASIC_AUTH nor --basic-auth"
+    # The credentials come from the environment (.env), required, with no default in the file.
+    assert "${FLOWER_BASIC_AUTH:?" in str(auth) or "${FLOWER_BASIC_AUTH?" in str(auth), auth
+    # The service runs `swarmq flower`, which refuses to start without them.
+    if argv and argv[0] == "flower":
+        dockerfile = REPO / flower["build"]["dockerfile"]
+        assert 'ENTRYPOINT ["swarmq"]' in dockerfile.read_text(), dockerfile
