@@ -33,6 +33,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "model-swarms-eval"
@@ -142,7 +143,7 @@ def prepare_base_model(cache: Path) -> Path:
     # A GGUF-loaded model refuses save_pretrained because its config carries the GGUF
     # quantization_config; the weights are already de-quantised to float32, so a plain model of
     # the same config holds them exactly.
-    config = loaded.config
+    config: Any = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = LlamaForCausalLM(config)
