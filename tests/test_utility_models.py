@@ -242,6 +242,29 @@ def test_loglikelihood_matches_an_unpadded_forward(
         ev.loglikelihood(["a"], [""])
 
 
+def test_loglikelihood_options_of_one_prompt_share_a_row(
+    world: dict[str, Any], resident: ResidentModel
+) -> None:
+    """Single-token options after one prompt cost one forward row, with unchanged values."""
+    resident.set_position(world["layout"], world["vectors"][0])
+    prompts = ["Question: pick one\nAnswer:"] * 4 + ["Another question\nAnswer:"] * 4
+    conts = [" A", " B", " C", " D"] * 2
+    rows: list[int] = []
+    hook = resident.model.register_forward_hook(
+        lambda _m, _a, kwargs, _o: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        shared = resident.loglikelihood(prompts, conts, 8)
+    finally:
+        hook.remove()
+    assert rows == [2]  # two distinct prompts, eight options
+    for p, c, value in zip(prompts, conts, shared, strict=True):
+        assert value == pytest.approx(
+            reference_loglik(resident.model, resident.tokenizer, p, c), abs=1e-4
+        )
+    assert len(set(shared[:4])) == 4  # each option still gets its own log-likelihood
+
+
 def test_loglik_multiple_choice_on_a_model(world: dict[str, Any], resident: ResidentModel) -> None:
     ev = evaluator(world, resident, options={"mode": "loglik", "score": "prob"})
     layout, (v1, v2) = world["layout"], world["vectors"]

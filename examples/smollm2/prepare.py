@@ -186,26 +186,14 @@ def train_experts(cache: Path, data: Path, base: Path) -> Path:
     return experts
 
 
-def has_loglik_mode() -> bool:
-    """Whether this swarmq's multiple_choice utility offers the log-likelihood mode."""
-    from swarmq.objectives.multiple_choice import MultipleChoiceOptions
-
-    fields = MultipleChoiceOptions.model_fields
-    return "mode" in fields and "score" in fields
-
-
 def write_search(cache: Path, data: Path, dev_limit: int, test_limit: int) -> Path:
     """Copy the target dataset next to the pool and write the search file."""
     dataset = cache / f"{TARGET}.json"
     shutil.copyfile(data / f"{TARGET}.json", dataset)
     # Accuracy of a 135M model on MMLU is near chance and moves in steps of 1/dev_limit; the
-    # probability the model gives the gold letter (the log-likelihood mode, where this swarmq
-    # has it) moves with every weight change, which gives the swarm a signal to follow.
-    extra = (
-        'options = { mode = "loglik", score = "prob" }\n'
-        if has_loglik_mode()
-        else "max_new_tokens = 4\n"
-    )
+    # probability the model gives the gold letter moves with every weight change, which gives
+    # the swarm a signal to follow.
+    extra = 'options = { mode = "loglik", score = "prob" }\n'
     path = cache / CONFIG_NAME
     path.write_text(
         SEARCH_TOML.format(

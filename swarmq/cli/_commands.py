@@ -76,6 +76,7 @@ def main(
     # Model loading bars and library deprecation notices would drown swarmq's own progress.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+
     # Values click read from SWARMQ_* are left to load_settings, which records their source.
     def given(name: str, value: str | None) -> str | None:
         return None if ctx.get_parameter_source(name) == ParameterSource.ENVIRONMENT else value

@@ -139,8 +139,7 @@ def reconcile(
             .where(
                 EvaluationRow.search_id.in_(stopped),
                 EvaluationRow.status == "running",
-                func.coalesce(EvaluationRow.heartbeat_at, EvaluationRow.started_at)
-                < stale_before,
+                func.coalesce(EvaluationRow.heartbeat_at, EvaluationRow.started_at) < stale_before,
             )
             .values(status="pending", worker=None)
         )

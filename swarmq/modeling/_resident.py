@@ -444,10 +444,14 @@ class ResidentModel:
     ) -> list[float]:
         """Sum of the log-probabilities of each continuation's tokens given its prompt.
 
-        Rows are left-padded with explicit position ids, so a padded row is computed exactly as
-        it would be alone; only the last positions' logits are kept (``logits_to_keep``), which
-        spares a (batch x length x vocabulary) tensor. Deterministic: batches are formed from the
-        inputs alone, as in :meth:`generate`.
+        A continuation's last token is predicted, never read, so each pair runs as the row
+        ``context + target[:-1]``; pairs whose rows are equal share one row. The options of a
+        multiple-choice question scored by their letters (one token each after one prompt)
+        thus cost one forward row instead of one per option. Rows are left-padded with explicit
+        position ids, so a padded row is computed exactly as it would be alone; only the last
+        positions' logits are kept (``logits_to_keep``), which spares a (batch x length x
+        vocabulary) tensor. Deterministic: rows and batches are formed from the inputs alone,
+        as in :meth:`generate`.
         """
         if len(prompts) != len(continuations):
             raise ModelError(
@@ -459,22 +463,26 @@ class ResidentModel:
         pairs = [
             self._split_continuation(p, c) for p, c in zip(prompts, continuations, strict=True)
         ]
-        lengths = [len(c) + len(t) for c, t in pairs]
-        order = sorted(range(len(pairs)), key=lambda i: -lengths[i])
+        # rows: each distinct input sequence, with the (pair, target) it predicts.
+        rows: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        for i, (context, target) in enumerate(pairs):
+            rows.setdefault(tuple(context + target[:-1]), []).append((i, target))
+        inputs = list(rows)
+        order = sorted(range(len(inputs)), key=lambda r: -len(inputs[r]))
         keep_last = self._accepts("logits_to_keep")
         pad = self.tokenizer.pad_token_id
         out = [0.0] * len(pairs)
         with self.lock, torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
-                width = max(lengths[i] for i in batch)
-                # The logits at position k predict token k + 1: the continuation of a row of
-                # width W with T target tokens is predicted by positions W-T-1 .. W-2.
-                need = max(len(pairs[i][1]) for i in batch) + 1
+                width = max(len(inputs[r]) for r in batch)
+                # The logits at position k predict token k + 1: a row of width W whose
+                # targets are T tokens long is predicted by its positions W-T .. W-1.
+                need = max(len(t) for r in batch for _, t in rows[inputs[r]])
                 input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids = pairs[i][0] + pairs[i][1]
+                for row, r in enumerate(batch):
+                    ids = inputs[r]
                     input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                     mask[row, width - len(ids) :] = 1
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -485,15 +493,13 @@ class ResidentModel:
                     position_ids=positions.to(self.device),
                     **extra,
                 ).logits
-                logits = logits[:, -need:, :].float()
-                logprobs = torch.log_softmax(logits, dim=-1)
-                for row, i in enumerate(batch):
-                    target = torch.tensor(pairs[i][1], dtype=torch.long, device=logprobs.device)
-                    n = target.shape[0]
-                    # Kept positions -need .. -1 map to absolute W-need .. W-1; the predictors
-                    # of the n targets are the kept positions need-n-1 .. need-2.
-                    picked = logprobs[row, need - n - 1 : need - 1, :].gather(
-                        -1, target.unsqueeze(-1)
-                    )
-                    out[i] = float(picked.sum().item())
+                logprobs = torch.log_softmax(logits[:, -need:, :].float(), dim=-1)
+                for row, r in enumerate(batch):
+                    for i, target in rows[inputs[r]]:
+                        ids = torch.tensor(target, dtype=torch.long, device=logprobs.device)
+                        n = ids.shape[0]
+                        # Kept positions 0 .. need-1 are absolute W-need .. W-1; the n targets'
+                        # predictors are the last n of them.
+                        picked = logprobs[row, need - n :, :].gather(-1, ids.unsqueeze(-1))
+                        out[i] = float(picked.sum().item())
         return out
