@@ -30,7 +30,6 @@ import argparse
 import json
 import random
 import statistics
-import string
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from swarmq.engine._runtime import model_evaluate
 from swarmq.execution import LocalQueue
 from swarmq.modeling import Evaluator, ResidentModel, clear_evaluators, get_evaluator, select_device
 from swarmq.storage import Database, EvaluationRow, LocalArtifactStore, SearchRow
+from swarmq.testing import char_tokenizer, save_tiny_llama
 from swarmq.weights import Layout, export_adapter
 
 WORDS = (
@@ -86,36 +86,6 @@ WORDS = (
 
 
 # ---------------------------------------------------------------------------- set-up
-
-
-def build_tiny_model(folder: Path) -> None:
-    """A random 2-layer Llama of width 64 with a character tokenizer (no download)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<eos>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials + list(string.printable[:95]) + ["\n"])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=fast.pad_token_id,
-        eos_token_id=fast.eos_token_id,
-        bos_token_id=None,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
 
 
 def synthetic_questions(n: int, seed: int) -> list[dict[str, Any]]:
@@ -385,7 +355,8 @@ def main() -> None:
         root = Path(tmp)
         if args.model == "tiny":
             base = root / "base"
-            build_tiny_model(base)
+            # A random 2-layer Llama of width 64 with a character tokenizer (no download).
+            save_tiny_llama(base, char_tokenizer(), hidden_size=64)
         else:
             base = Path(args.model).expanduser().resolve()
         adapter_config = {

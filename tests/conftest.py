@@ -83,10 +83,10 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
 
 
 def _build_world(root: Path) -> dict[str, Path]:
-    import torch
-    from peft import LoraConfig, get_peft_model
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
+
+    from swarmq.testing import save_lora_experts, save_tiny_llama
 
     base = root / "base"
     vocab = {
@@ -105,40 +105,11 @@ def _build_world(root: Path) -> dict[str, Path]:
         eos_token="</s>",
         padding_side="left",
     )
-    fast.save_pretrained(base)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(base)
+    save_tiny_llama(base, fast)
     experts = root / "experts"
-    for k in range(4):
-        torch.manual_seed(100 + k)
-        peft_model = get_peft_model(
-            LlamaForCausalLM.from_pretrained(base),
-            LoraConfig(
-                r=4,
-                lora_alpha=8,
-                target_modules=["q_proj", "v_proj"],
-                init_lora_weights=False,
-                task_type="CAUSAL_LM",
-            ),
-        )
-        with torch.no_grad():  # large enough to change the greedy outputs
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.mul_(4.0)
-        peft_model.save_pretrained(experts / f"expert_{k}")
+    # Scaled up: large enough to change the greedy outputs.
+    seeds = {f"expert_{k}": 100 + k for k in range(4)}
+    save_lora_experts(base, experts, seeds, scale=4.0, lora_alpha=8, task_type="CAUSAL_LM")
     import random
 
     rng = random.Random(0)

@@ -8,8 +8,6 @@ databases, with the real model or with a closed-form utility where only the book
 
 from __future__ import annotations
 
-import json
-import string
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -23,7 +21,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from safetensors.numpy import load_file, save_file  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from swarmq.config import SearchConfig, parse_config  # noqa: E402
@@ -43,6 +41,12 @@ from swarmq.objectives import (  # noqa: E402
 )
 from swarmq.settings import Settings  # noqa: E402
 from swarmq.storage import EvaluationRow  # noqa: E402
+from swarmq.testing import (  # noqa: E402
+    char_tokenizer,
+    save_lora_experts,
+    save_tiny_llama,
+    write_mc_dataset,
+)
 from swarmq.weights import Layout, export_adapter  # noqa: E402
 
 QUESTIONS = [
@@ -58,22 +62,6 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
-
-
-def _char_tokenizer() -> Any:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<eos>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials + list(string.printable[:95]) + ["\n"])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
 @register_utility("test_batched_probe")
@@ -113,50 +101,14 @@ class Probe(Utility):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A base model folder, four LoRA experts, five positions (experts and mixes), datasets."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("batched")
-    tokenizer = _char_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    base = root / "base"
-    LlamaForCausalLM(config).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    experts = root / "experts"
-    layout: Layout | None = None
-    vectors = []
-    for seed in range(4):
-        torch.manual_seed(10 + seed)
-        model = get_peft_model(
-            LlamaForCausalLM.from_pretrained(base),
-            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-        )
-        with torch.no_grad():  # large enough that experts answer differently
-            for name, p in model.named_parameters():
-                if "lora_" in name:
-                    p.mul_(3.0)
-        model.save_pretrained(str(experts / f"expert_{seed}"))
-        tensors = load_file(experts / f"expert_{seed}" / "adapter_model.safetensors")
-        layout = Layout.from_shapes({k: (v.shape, "F32") for k, v in tensors.items()})
-        vectors.append(layout.flatten(tensors))
-    assert layout is not None
-    vectors.append((0.6 * vectors[0] + 0.4 * vectors[3]).astype(np.float32))
-    adapter_config = json.loads((experts / "expert_0" / "adapter_config.json").read_text())
-    mc = root / "mc.json"
-    items = [{"question": q, "choices": c, "answer": a} for q, c, a in QUESTIONS]
-    mc.write_text(json.dumps({"dataset": "tiny_mc", "dev": items, "test": items[::-1]}))
+    base = save_tiny_llama(root / "base", char_tokenizer(CHAT_TEMPLATE))
+    seeds = {f"expert_{k}": 10 + k for k in range(4)}
+    # Scaled up: large enough that experts answer differently.
+    pool = save_lora_experts(base, root / "experts", seeds, scale=3.0)
+    layout, adapter_config = pool.layout, pool.adapter_config
+    vectors = [*pool.vectors, (0.6 * pool.vectors[0] + 0.4 * pool.vectors[3]).astype(np.float32)]
+    mc = write_mc_dataset(root / "mc.json", QUESTIONS)
     return {
         "root": root,
         "base": base,

@@ -8,7 +8,6 @@ Everything is built in the test (no hub access): a character-level ``tokenizers`
 from __future__ import annotations
 
 import json
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from safetensors.numpy import load_file  # noqa: E402
 
 from swarmq.config import SearchConfig, parse_config  # noqa: E402
 from swarmq.errors import DatasetError, LayoutError, ModelError, UtilityError  # noqa: E402
@@ -31,6 +29,12 @@ from swarmq.modeling import (  # noqa: E402
     clear_evaluators,
     get_evaluator,
     select_device,
+)
+from swarmq.testing import (  # noqa: E402
+    char_tokenizer,
+    save_lora_experts,
+    save_tiny_llama,
+    write_mc_dataset,
 )
 from swarmq.weights._layout import Layout  # noqa: E402
 
@@ -45,62 +49,15 @@ QUESTIONS = [
 ]
 
 
-def _char_tokenizer() -> Any:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<eos>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials + list(string.printable[:95]) + ["\n"])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per char
-    tok.decoder = decoders.Fuse()  # decode by concatenation
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A base model folder, two LoRA experts (layout + vectors), datasets, and a config."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("modeling")
-    tokenizer = _char_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    base = root / "base"
-    LlamaForCausalLM(config).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    base = save_tiny_llama(root / "base", char_tokenizer())
+    pool = save_lora_experts(base, root / "experts", {"expert_1": 1, "expert_2": 2})
+    layout, vectors, adapter_config = pool.layout, pool.vectors, pool.adapter_config
 
-    experts = root / "experts"
-    vectors, layout = [], None
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM.from_pretrained(base)
-        lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        get_peft_model(model, lora).save_pretrained(str(experts / f"expert_{seed}"))
-        tensors = load_file(experts / f"expert_{seed}" / "adapter_model.safetensors")
-        here = Layout.from_shapes({k: (v.shape, "F32") for k, v in tensors.items()})
-        assert layout is None or layout == here
-        layout = here
-        vectors.append(layout.flatten(tensors))
-    adapter_config = json.loads((experts / "expert_1" / "adapter_config.json").read_text())
-
-    mc = root / "mc.json"
-    items = [{"question": q, "choices": c, "answer": a} for q, c, a in QUESTIONS]
-    mc.write_text(json.dumps({"dataset": "tiny_mc", "dev": items, "test": items[::-1]}))
+    mc = write_mc_dataset(root / "mc.json", QUESTIONS)
     em = root / "em.json"
     em_items = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
     em.write_text(json.dumps({"dataset": "tiny_em", "dev": em_items, "test": em_items}))

@@ -21,7 +21,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from safetensors.numpy import load_file  # noqa: E402
 
 from swarmq.config import SearchConfig, parse_config  # noqa: E402
 from swarmq.errors import ModelError, UtilityError  # noqa: E402
@@ -37,7 +36,13 @@ from swarmq.objectives import (  # noqa: E402
     merge_task_files,
 )
 from swarmq.objectives._judges import load_classifier_reward, load_judge  # noqa: E402
-from swarmq.weights._layout import Layout  # noqa: E402
+from swarmq.testing import (  # noqa: E402
+    char_tokenizer,
+    save_lora_experts,
+    save_tiny_llama,
+    tiny_llama_config,
+    write_mc_dataset,
+)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -54,49 +59,6 @@ QUESTIONS = [
 TOPICS = ["Why do cats purr?", "How do tides work?", "What is a prime?"]
 
 
-def char_tokenizer(chat_template: str | None = None, bos: bool = False) -> Any:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<eos>", "<unk>", "<bos>"]
-    vocab = {t: i for i, t in enumerate(specials + list(string.printable[:95]) + ["\n"])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    if bos:  # a tokenizer that adds BOS by itself, as Llama's do
-        tok.post_processor = processors.TemplateProcessing(
-            single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
-        )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        bos_token="<bos>",
-    )
-    if chat_template is not None:
-        fast.chat_template = chat_template
-    return fast
-
-
-def llama_config(vocab_size: int, **extra: Any) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=3,
-        **extra,
-    )
-
-
 def constant_judge(folder: Path) -> Path:
     """A judge that always replies 'Rating: 7/10 ...': token 0 wins every greedy step."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -105,12 +67,12 @@ def constant_judge(folder: Path) -> Path:
     words = ["Rating: 7/10", "<pad>", "<eos>", "<unk>", *string.ascii_letters]
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    ).save_pretrained(folder)
+    )
+    tokenizer.save_pretrained(folder)
     torch.manual_seed(5)
-    cfg = llama_config(len(words))
-    cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = 1, 2, None
+    cfg = tiny_llama_config(tokenizer)  # its own ids: pad 1, eos 2, no BOS
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
         model.model.norm.weight.zero_()  # hidden state 0 -> all logits 0 -> argmax is token 0
@@ -120,45 +82,27 @@ def constant_judge(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     root = tmp_path_factory.mktemp("utility_models")
-    tokenizer = char_tokenizer(CHAT_TEMPLATE)
-    torch.manual_seed(0)
-    base = root / "base"
-    LlamaForCausalLM(llama_config(len(tokenizer))).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-
-    vectors, layout = [], None
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM.from_pretrained(base)
-        lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        peft_model = get_peft_model(model, lora)
-        with torch.no_grad():  # large enough to move the likelihoods visibly
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.mul_(4.0)
-        peft_model.save_pretrained(str(root / "experts" / f"e{seed}"))
-        tensors = load_file(root / "experts" / f"e{seed}" / "adapter_model.safetensors")
-        layout = Layout.from_shapes({k: (v.shape, "F32") for k, v in tensors.items()})
-        vectors.append(layout.flatten(tensors))
-    adapter_config = json.loads((root / "experts" / "e1" / "adapter_config.json").read_text())
+    tokenizer = char_tokenizer(CHAT_TEMPLATE, bos_token=True)
+    base = save_tiny_llama(root / "base", tokenizer)
+    # Scaled up: large enough to move the likelihoods visibly.
+    pool = save_lora_experts(base, root / "experts", {"e1": 1, "e2": 2}, scale=4.0)
+    layout, vectors, adapter_config = pool.layout, pool.vectors, pool.adapter_config
 
     rewards = {}
     for labels in (1, 3):
         torch.manual_seed(10 + labels)
         path = root / f"reward_{labels}"
         LlamaForSequenceClassification(
-            llama_config(len(tokenizer), num_labels=labels)
+            tiny_llama_config(tokenizer, num_labels=labels)
         ).save_pretrained(path)
-        char_tokenizer().save_pretrained(path)  # no chat template: pairs are encoded as pairs
+        # No chat template: pairs are encoded as pairs.
+        char_tokenizer(bos_token=True).save_pretrained(path)
         rewards[labels] = path
 
-    mc = root / "mc.json"
-    items = [{"question": q, "choices": c, "answer": a} for q, c, a in QUESTIONS]
-    mc.write_text(json.dumps({"dataset": "tiny_mc", "dev": items, "test": items[::-1]}))
+    mc = write_mc_dataset(root / "mc.json", QUESTIONS)
     em = root / "em.json"
     em_items = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
     em.write_text(json.dumps({"dataset": "tiny_em", "dev": em_items, "test": em_items}))
@@ -303,7 +247,7 @@ def test_chat_prompts_and_generation(world: dict[str, Any], resident: ResidentMo
 
 def test_chat_template_bos_not_doubled(world: dict[str, Any], tmp_path: Path) -> None:
     template = "<bos>" + CHAT_TEMPLATE
-    char_tokenizer(template, bos=True).save_pretrained(tmp_path)
+    char_tokenizer(template, add_bos=True).save_pretrained(tmp_path)
     from transformers import LlamaForCausalLM
 
     LlamaForCausalLM.from_pretrained(world["base"]).save_pretrained(tmp_path)
@@ -319,7 +263,7 @@ def test_chat_template_bos_not_doubled(world: dict[str, Any], tmp_path: Path) ->
 def test_chat_needs_a_template(world: dict[str, Any], tmp_path: Path) -> None:
     from transformers import LlamaForCausalLM
 
-    char_tokenizer().save_pretrained(tmp_path)
+    char_tokenizer(bos_token=True).save_pretrained(tmp_path)
     LlamaForCausalLM.from_pretrained(world["base"]).save_pretrained(tmp_path)
     plain = load_judge(str(tmp_path), "float32", "cpu", 2)
     assert not plain.has_chat_template

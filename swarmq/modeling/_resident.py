@@ -496,10 +496,10 @@ class ResidentModel:
                 logprobs = torch.log_softmax(logits[:, -need:, :].float(), dim=-1)
                 for row, r in enumerate(batch):
                     for i, target in rows[inputs[r]]:
-                        ids = torch.tensor(target, dtype=torch.long, device=logprobs.device)
-                        n = ids.shape[0]
+                        want = torch.tensor(target, dtype=torch.long, device=logprobs.device)
+                        n = want.shape[0]
                         # Kept positions 0 .. need-1 are absolute W-need .. W-1; the n targets'
                         # predictors are the last n of them.
-                        picked = logprobs[row, need - n :, :].gather(-1, ids.unsqueeze(-1))
+                        picked = logprobs[row, need - n :, :].gather(-1, want.unsqueeze(-1))
                         out[i] = float(picked.sum().item())
         return out

@@ -28,6 +28,7 @@ __all__ = [
     "Utility",
     "UtilityOptions",
     "UtilityResult",
+    "complete",
     "require_capability",
 ]
 
@@ -84,6 +85,34 @@ def require_capability(generator: Any, capability: type, utility: str, why: str)
         f"utility {utility!r} {why}, which needs a generator with {methods}() "
         f"({capability.__name__}); {type(generator).__name__} does not have it"
     )
+
+
+def complete(
+    generator: TextGenerator,
+    prompts: list[str],
+    max_new_tokens: int,
+    *,
+    chat: bool,
+    utility: str,
+    why: str,
+    who: str = "generator",
+) -> list[str]:
+    """Greedy completions of ``prompts``, through the chat template when ``chat`` is true.
+
+    ``why`` names the option that asked for the chat template (see :func:`require_capability`)
+    and ``who`` the model in errors ("generator", "judge"); a generator that returns another
+    number of outputs than prompts is refused rather than zipped short.
+    """
+    if chat:
+        chatter: ChatGenerator = require_capability(generator, ChatGenerator, utility, why)
+        outputs = chatter.generate_chat(prompts, max_new_tokens)
+    else:
+        outputs = generator.generate(prompts, max_new_tokens)
+    if len(outputs) != len(prompts):
+        raise UtilityError(
+            f"{utility}: the {who} returned {len(outputs)} outputs for {len(prompts)} prompts"
+        )
+    return outputs
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,18 @@ from pydantic import Field, field_validator
 
 from swarmq.errors import UtilityError
 from swarmq.objectives._base import (
-    ChatGenerator,
     TextGenerator,
     Utility,
     UtilityOptions,
     UtilityResult,
-    require_capability,
+    complete,
 )
 from swarmq.objectives._judges import Dtype, load_judge, resolve_device
 from swarmq.objectives._registry import register_utility
 
 __all__ = ["DEFAULT_JUDGE_TEMPLATE", "HumanInterest", "parse_rating"]
+
+_NAME = "human_interest"
 
 # The reference code's rating prompt. Its source splits the string literal with a backslash
 # inside the quotes, which leaves a stray " + " and indentation in the text sent to the judge;
@@ -103,7 +104,7 @@ class HumanInterestOptions(UtilityOptions):
         return value
 
 
-@register_utility("human_interest")
+@register_utility(_NAME)
 class HumanInterest(Utility):
     """Mean judge rating (1-10) of greedy responses to topic prompts.
 
@@ -117,20 +118,12 @@ class HumanInterest(Utility):
 
     def responses(self, generator: TextGenerator, prompts: list[str]) -> list[str]:
         """The model's greedy responses (through its chat template unless turned off)."""
-        n = self.options.max_new_tokens
-        if self.options.chat_template:
-            chat: ChatGenerator = require_capability(
-                generator, ChatGenerator, "human_interest", "is set to chat_template = true"
-            )
-            outputs = chat.generate_chat(prompts, n)
-        else:
-            outputs = generator.generate(prompts, n)
-        if len(outputs) != len(prompts):
-            raise UtilityError(
-                f"human_interest: the generator returned {len(outputs)} outputs "
-                f"for {len(prompts)} prompts"
-            )
-        return [o.strip() for o in outputs]
+        o = self.options
+        why = "is set to chat_template = true"
+        outputs = complete(
+            generator, prompts, o.max_new_tokens, chat=o.chat_template, utility=_NAME, why=why
+        )
+        return [out.strip() for out in outputs]
 
     def judge(self, generator: TextGenerator) -> TextGenerator:
         """The judge LLM (loaded on first use, then cached by the process)."""
@@ -140,23 +133,12 @@ class HumanInterest(Utility):
 
     def _ask(self, judge: TextGenerator, prompts: list[str]) -> list[str]:
         mode = self.options.judge_chat_template
-        n = self.options.judge_max_new_tokens
         use_chat = mode == "always" or (
             mode == "auto" and bool(getattr(judge, "has_chat_template", False))
         )
-        if use_chat:
-            chat: ChatGenerator = require_capability(
-                judge, ChatGenerator, "human_interest", "is set to judge_chat_template = 'always'"
-            )
-            replies = chat.generate_chat(prompts, n)
-        else:
-            replies = judge.generate(prompts, n)
-        if len(replies) != len(prompts):
-            raise UtilityError(
-                f"human_interest: the judge returned {len(replies)} replies "
-                f"for {len(prompts)} prompts"
-            )
-        return replies
+        why = "is set to judge_chat_template = 'always'"
+        n = self.options.judge_max_new_tokens
+        return complete(judge, prompts, n, chat=use_chat, utility=_NAME, why=why, who="judge")
 
     def score(
         self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]

@@ -21,12 +21,11 @@ from pydantic import Field, model_validator
 
 from swarmq.errors import UtilityError
 from swarmq.objectives._base import (
-    ChatGenerator,
     TextGenerator,
     Utility,
     UtilityOptions,
     UtilityResult,
-    require_capability,
+    complete,
 )
 from swarmq.objectives._judges import (
     Dtype,
@@ -38,6 +37,8 @@ from swarmq.objectives._plugins import import_object, parse_spec
 from swarmq.objectives._registry import register_utility
 
 __all__ = ["RewardModel", "RewardScorer", "clip01", "length_score"]
+
+_NAME = "reward_model"
 
 #: ``(prompts, responses) -> rewards``: what a scorer plug-in provides.
 RewardScorer = Callable[[list[str], list[str]], Sequence[float]]
@@ -144,7 +145,7 @@ class RewardModelOptions(UtilityOptions):
         return self
 
 
-@register_utility("reward_model")
+@register_utility(_NAME)
 class RewardModel(Utility):
     """Mean (normalised) reward of greedy responses; optional verbose/concise length term.
 
@@ -158,20 +159,12 @@ class RewardModel(Utility):
 
     def responses(self, generator: TextGenerator, prompts: list[str]) -> list[str]:
         """The model's greedy responses to ``prompts`` (through its chat template if asked)."""
-        n = self.options.max_new_tokens
-        if self.options.chat_template:
-            chat: ChatGenerator = require_capability(
-                generator, ChatGenerator, "reward_model", "is set to chat_template = true"
-            )
-            outputs = chat.generate_chat(prompts, n)
-        else:
-            outputs = generator.generate(prompts, n)
-        if len(outputs) != len(prompts):
-            raise UtilityError(
-                f"reward_model: the generator returned {len(outputs)} outputs "
-                f"for {len(prompts)} prompts"
-            )
-        return [o.strip() for o in outputs]
+        o = self.options
+        why = "is set to chat_template = true"
+        outputs = complete(
+            generator, prompts, o.max_new_tokens, chat=o.chat_template, utility=_NAME, why=why
+        )
+        return [out.strip() for out in outputs]
 
     def _scorer(
         self, generator: TextGenerator
