@@ -133,7 +133,7 @@ def save_lora_experts(
     for name, seed in seeds.items():
         torch.manual_seed(seed)
         model = get_peft_model(
-            LlamaForCausalLM.from_pretrained(base),
+            LlamaForCausalLM.from_pretrained(base, use_safetensors=True),
             LoraConfig(
                 r=rank, target_modules=list(target_modules), init_lora_weights=False, **lora
             ),

@@ -18,17 +18,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import distributed_hooks
-import numpy as np
 import pytest
+import searches
 from conftest import _server_missing
-from safetensors.numpy import save_file
+from searches import make_pool
 from sqlalchemy import select
 
-from swarmq.config import SearchConfig, parse_config
+from swarmq.config import SearchConfig
 from swarmq.engine import (
     best_history,
     create_search,
@@ -52,8 +53,10 @@ __all__ = [
     "free_port",
     "kill_tree",
     "make_pool",
+    "running_cluster",
     "same_result",
     "wait_finished",
+    "worker_env",
 ]
 
 # Shrunk so that failures are found in seconds: heartbeat every 0.3 s, dead after 2 s,
@@ -165,6 +168,57 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 kill_tree(proc)
         self.procs.clear()
+
+
+def worker_env(
+    root: Path,
+    *,
+    database: str,
+    broker: str,
+    evaluate: str,
+    artifacts: Path | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a test's worker processes.
+
+    This process's environment without its ``SWARMQ_*`` settings, the shrunk :data:`TIMINGS`,
+    the servers, the evaluation hook ``evaluate`` (a ``module:function`` of this folder, which
+    goes on ``PYTHONPATH``), artifacts in ``root/artifacts`` unless given, logs in ``root``
+    (``LOGS``); ``extra`` comes last and wins.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMQ_")}
+    path = os.pathsep.join([str(Path(__file__).resolve().parent), env.get("PYTHONPATH", "")])
+    return (
+        env
+        | TIMINGS
+        | {
+            "SWARMQ_DATABASE_URL": database,
+            "SWARMQ_BROKER_URL": broker,
+            "SWARMQ_ARTIFACTS": str(artifacts or root / "artifacts"),
+            "SWARMQ_EVALUATE": evaluate,
+            "PYTHONPATH": path.rstrip(os.pathsep),
+            "HF_HUB_OFFLINE": "1",
+            "LOGS": str(root),
+        }
+        | dict(extra or {})
+    )
+
+
+@contextlib.contextmanager
+def running_cluster(
+    env: dict[str, str], evaluation_workers: tuple[str, ...] = ("eval-a", "eval-b")
+) -> Iterator[Cluster]:
+    """A coordinator and ``evaluation_workers`` started together; all stopped afterwards."""
+    c = Cluster(env, Path(env["LOGS"]))
+    try:
+        c.start("coordinator", "--coordinator", ready=False)
+        for name in evaluation_workers:
+            c.start(name, ready=False)
+        for name in ("coordinator", *evaluation_workers):
+            c.wait_ready(name)
+        yield c
+    finally:
+        c.stop_all()
 
 
 # --- private servers ----------------------------------------------------------------------------
@@ -328,20 +382,6 @@ class PrivatePostgres:
 # --- searches -----------------------------------------------------------------------------------
 
 
-def make_pool(root: Path, n: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for k in range(n):
-        save_file(
-            {
-                "b.weight": rng.normal(size=(3, 4)).astype(np.float32),
-                "a.weight": rng.normal(size=(6,)).astype(np.float32),
-            },
-            str(root / f"e{k}.safetensors"),
-        )
-    return root
-
-
 def closed_form(
     pool: Path,
     name: str,
@@ -350,19 +390,11 @@ def closed_form(
     swarm: dict[str, Any] | None = None,
     **search: Any,
 ) -> SearchConfig:
-    sleep = search.pop("sleep", 0.0)
-    return parse_config(
-        {
-            "search": {"name": name, "seed": 4, "particles": 7, "max_iterations": 8} | search,
-            "experts": {"path": str(pool)},
-            "base_model": {"path": "unused"},
-            "objective": {
-                "utility": "exact_match",
-                "dataset": str(pool / "none.json"),
-                "options": {"hook": hook, "sleep": sleep},
-            },
-            "swarm": {"patience": 4} | (swarm or {}),
-        }
+    """A closed-form search named ``name`` whose workers run ``hook`` (see distributed_hooks;
+    ``sleep=`` seconds for the slow hook)."""
+    options = {"hook": hook, "sleep": search.pop("sleep", 0.0)}
+    return searches.closed_form(
+        pool, swarm=swarm, objective={"options": options}, name=name, **search
     )
 
 

@@ -6,6 +6,7 @@ word-level tokenizer built in place, and the experts are random LoRA adapters of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -63,23 +64,53 @@ def postgres_server() -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture
-def postgres_url(postgres_server: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_database(
+    server_url: str, prefix: str, *, password: str | None = None, upgrade: bool = False
+) -> Iterator[str]:
+    """Create a database on ``server_url`` for the block, then drop it; yields its URL.
+
+    ``password`` is written into the URL (a server that trusts local connections ignores it);
+    ``upgrade`` brings the database to the latest schema first.
+    """
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    name = f"swarmq_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    from swarmq.storage import Database
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    url = make_url(server_url).set(database=name)
+    if password is not None:
+        url = url.set(password=password)
+    rendered = url.render_as_string(hide_password=False)
     try:
-        yield url
+        if upgrade:
+            db = Database(rendered)
+            db.upgrade()
+            db.engine.dispose()
+        yield rendered
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with fresh_database(postgres_server, "swarmq_test") as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL: each test that takes it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 def _build_world(root: Path) -> dict[str, Path]:

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
+from searches import closed_form, distance_utility, make_pool
 from sqlalchemy import select
 from sqlalchemy.orm.attributes import flag_modified
 
 from swarmq.cli import main
-from swarmq.config import SearchConfig, parse_config
+from swarmq.config import SearchConfig
 from swarmq.engine import coordinate_iteration, create_search, run_evaluation
 from swarmq.execution import EmbeddedRunner
 from swarmq.reporting import AuditResult, audit_search
@@ -34,43 +35,11 @@ from swarmq.storage import (
 )
 
 
-def distance_utility(
-    config: Any, adapter: Any, layout: Any, vector: np.ndarray, split: str
-) -> tuple[float, dict[str, Any]]:
-    target = np.random.default_rng(99).normal(size=vector.shape).astype(np.float32)
-    return float(-np.sum((vector - target) ** 2)), {"split": split}
-
-
-def make_pool(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for k in range(4):
-        save_file(
-            {
-                "b.weight": rng.normal(size=(3, 4)).astype(np.float32),
-                "a.weight": rng.normal(size=(6,)).astype(np.float32),
-            },
-            str(root / f"e{k}.safetensors"),
-        )
-    return root
-
-
 def config(pool: Path, **swarm: Any) -> SearchConfig:
-    search = {
-        "seed": swarm.pop("seed", 4),
-        "particles": swarm.pop("particles", 7),
-        "max_iterations": swarm.pop("max_iterations", 8),
-    }
-    return parse_config(
-        {
-            "search": search,
-            "experts": {"path": str(pool)},
-            "base_model": {"path": "unused"},
-            "objective": {"utility": "exact_match", "dataset": str(pool / "none.json")},
-            # Short patience so that restarts happen; dropout so that skips happen.
-            "swarm": {"patience": 4, "restart_patience": 0.5, "dropout_n": 0.2} | swarm,
-        }
-    )
+    search = {k: swarm.pop(k) for k in ("seed", "particles", "max_iterations") if k in swarm}
+    # Short patience so that restarts happen; dropout so that skips happen.
+    swarm = {"restart_patience": 0.5, "dropout_n": 0.2} | swarm
+    return closed_form(pool, swarm=swarm, **search)
 
 
 def run_search(url: str, artifacts: Path, cfg: SearchConfig) -> tuple[EmbeddedRunner, str]:
@@ -113,13 +82,6 @@ def state(db: Database, sid: str, t: int, i: int) -> ParticleStateRow:
 def first(result: AuditResult) -> str:
     assert not result.ok, "the audit should have found a mismatch"
     return str(result.mismatches[0])
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db.sqlite'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from safetensors.numpy import save_file  # noqa: E402
+from searches import closed_form, distance, make_pool  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from swarmq.config import SearchConfig, parse_config  # noqa: E402
@@ -319,11 +319,6 @@ def test_base_model_is_loaded_once_per_process_and_updated_in_place(
 # ---------------------------------------------------------------------------- the engine
 
 
-def _distance(vector: np.ndarray) -> float:
-    target = np.random.default_rng(99).normal(size=vector.shape).astype(np.float32)
-    return float(-np.sum((vector - target) ** 2))
-
-
 class BatchingHook:
     """A closed-form evaluation hook with a ``many`` method that logs each call's batch."""
 
@@ -345,7 +340,7 @@ class BatchingHook:
         time.sleep(self.delay)
         if self.fail == "batch" and len(vectors) > 1:
             raise RuntimeError("the GPU fell off the bus")
-        values = [_distance(v) for v in vectors]
+        values = [distance(v) for v in vectors]
         if self.fail == "nan" and len(vectors) > 1:
             values[-1] = float("nan")
         return [(v, {"split": split}) for v in values]
@@ -353,40 +348,12 @@ class BatchingHook:
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pool")
-    rng = np.random.default_rng(0)
-    for k in range(4):
-        save_file(
-            {
-                "a.weight": rng.normal(size=(6,)).astype(np.float32),
-                "b.weight": rng.normal(size=(3, 4)).astype(np.float32),
-            },
-            str(root / f"e{k}.safetensors"),
-        )
-    return root
+    return make_pool(tmp_path_factory.mktemp("pool"))
 
 
 def pool_config(pool: Path, per_batch: int, **search: Any) -> SearchConfig:
-    return parse_config(
-        {
-            "search": {"seed": 4, "particles": 7, "max_iterations": 5} | search,
-            "experts": {"path": str(pool)},
-            "base_model": {"path": "unused"},
-            "objective": {
-                "utility": "exact_match",
-                "dataset": str(pool / "none.json"),
-                "particles_per_batch": per_batch,
-            },
-            "swarm": {"patience": 4},
-        }
-    )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db.sqlite'}"
-    return str(request.getfixturevalue("postgres_url"))
+    search = {"max_iterations": 5} | search
+    return closed_form(pool, objective={"particles_per_batch": per_batch}, **search)
 
 
 def _rows(runner: EmbeddedRunner, sid: str, iteration: int = 0) -> dict[int, EvaluationRow]:
@@ -413,7 +380,7 @@ def test_one_task_claims_and_records_pending_companions(
     rows = _rows(runner, sid)
     assert {p for p, r in rows.items() if r.status == "done"} == {0, 1, 2}
     assert all(rows[p].attempts == 1 and rows[p].worker for p in (0, 1, 2))
-    assert rows[1].utility == pytest.approx(_distance(rt.store.get_vector(rows[1].position_hash)))
+    assert rows[1].utility == pytest.approx(distance(rt.store.get_vector(rows[1].position_hash)))
     # The companions' own messages are no-ops; the next pending particle takes the next batch.
     assert run_evaluation(rt, sid, 0, 2).status == "duplicate"
     assert run_evaluation(rt, sid, 0, 4).batch == (3, 5)

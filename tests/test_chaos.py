@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from clusters import (
-    TIMINGS,
     Cluster,
     PrivatePostgres,
     PrivateRedis,
@@ -30,8 +29,10 @@ from clusters import (
     embedded_reference,
     evaluations,
     make_pool,
+    running_cluster,
     same_result,
     wait_finished,
+    worker_env,
 )
 from fault_hooks import FAULTS_ENV, arm, fired
 
@@ -41,7 +42,6 @@ from swarmq.settings import load_settings
 
 pytestmark = [pytest.mark.slow]
 
-TESTS = Path(__file__).resolve().parent
 SEED = 20241029
 MIN_KILLS = 20
 EVALUATION_WORKERS = ("eval-a", "eval-b")
@@ -52,25 +52,17 @@ def chaos_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     redis_server = PrivateRedis().start()
     pg_server = PrivatePostgres().start()
     root = tmp_path_factory.mktemp("chaos")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMQ_")}
     try:
-        yield (
-            env
-            | TIMINGS
-            | {
+        yield worker_env(
+            root,
+            database=pg_server.create_database("swarmq"),
+            broker=redis_server.url,
+            evaluate="fault_hooks:evaluate",
+            extra={
                 "SWARMQ_MAX_ATTEMPTS": "100",
-                "SWARMQ_DATABASE_URL": pg_server.create_database("swarmq"),
-                "SWARMQ_BROKER_URL": redis_server.url,
-                "SWARMQ_ARTIFACTS": str(root / "artifacts"),
-                "SWARMQ_EVALUATE": "fault_hooks:evaluate",
                 "SWARMQ_FAULT_HOOK": "fault_hooks:fault",
                 FAULTS_ENV: str(root / "faults"),
-                "PYTHONPATH": os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(
-                    os.pathsep
-                ),
-                "HF_HUB_OFFLINE": "1",
-                "LOGS": str(root),
-            }
+            },
         )
     finally:
         redis_server.stop()
@@ -79,16 +71,8 @@ def chaos_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 
 @pytest.fixture(scope="module")
 def chaos_cluster(chaos_env: dict[str, str]) -> Iterator[Cluster]:
-    c = Cluster(chaos_env, Path(chaos_env["LOGS"]))
-    try:
-        c.start("coordinator", "--coordinator", ready=False)
-        for name in EVALUATION_WORKERS:
-            c.start(name, ready=False)
-        for name in ("coordinator", *EVALUATION_WORKERS):
-            c.wait_ready(name)
+    with running_cluster(chaos_env, EVALUATION_WORKERS) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def _pid(worker: str | None) -> int:

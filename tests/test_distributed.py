@@ -10,10 +10,8 @@ failures are detected in seconds; every process is killed in teardown.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,17 +20,18 @@ import distributed_hooks
 import pytest
 from click.testing import CliRunner
 from clusters import (
-    TIMINGS,
     Cluster,
     children,
     closed_form,
     embedded_reference,
     evaluations,
     make_pool,
+    running_cluster,
     same_result,
     wait_finished,
+    worker_env,
 )
-from conftest import REDIS_URL, _server_missing
+from conftest import REDIS_URL, _server_missing, fresh_database
 from sqlalchemy import select
 
 from swarmq.cli import main
@@ -51,8 +50,6 @@ from swarmq.settings import Settings, load_settings
 from swarmq.storage import Database, EvaluationRow, IterationRow, LocalArtifactStore
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-TESTS = Path(__file__).resolve().parent
 
 
 # --- servers and workers -------------------------------------------------------------------------
@@ -76,23 +73,8 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def dist_db(postgres_server: str) -> Iterator[str]:
     """A fresh PostgreSQL database for the module's cluster, at the latest schema."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"swarmq_dist_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
-    db = Database(url)
-    db.upgrade()
-    db.engine.dispose()
-    try:
+    with fresh_database(postgres_server, "swarmq_dist", upgrade=True) as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -100,37 +82,16 @@ def cluster_env(
     redis_url: str, dist_db: str, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
     root = tmp_path_factory.mktemp("cluster")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMQ_")}
-    return (
-        env
-        | TIMINGS
-        | {
-            "SWARMQ_DATABASE_URL": dist_db,
-            "SWARMQ_BROKER_URL": redis_url,
-            "SWARMQ_ARTIFACTS": str(root / "artifacts"),
-            "SWARMQ_EVALUATE": "distributed_hooks:evaluate",
-            "PYTHONPATH": os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(
-                os.pathsep
-            ),
-            "HF_HUB_OFFLINE": "1",
-            "LOGS": str(root),
-        }
+    return worker_env(
+        root, database=dist_db, broker=redis_url, evaluate="distributed_hooks:evaluate"
     )
 
 
 @pytest.fixture(scope="module")
 def cluster(cluster_env: dict[str, str]) -> Iterator[Cluster]:
     """A coordinator and two evaluation workers (two processes on two Celery nodes)."""
-    c = Cluster(cluster_env, Path(cluster_env["LOGS"]))
-    try:
-        c.start("coordinator", "--coordinator", ready=False)
-        c.start("eval-a", ready=False)
-        c.start("eval-b", ready=False)
-        for name in ("coordinator", "eval-a", "eval-b"):
-            c.wait_ready(name)
+    with running_cluster(cluster_env) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 @pytest.fixture(scope="module")

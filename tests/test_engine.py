@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from searches import closed_form, distance_utility, make_pool
 from sqlalchemy import select
 
-from swarmq.config import SearchConfig, parse_config
+from swarmq.config import SearchConfig
 from swarmq.engine import (
     best_history,
     coordinate_iteration,
@@ -28,46 +29,15 @@ from swarmq.execution import EmbeddedRunner
 from swarmq.settings import Settings
 from swarmq.storage import EvaluationRow, IterationRow, ParticleStateRow
 
-TARGET_SEED = 99
-
-
-def distance_utility(
-    config: Any, adapter: Any, layout: Any, vector: np.ndarray, split: str
-) -> tuple[float, dict[str, Any]]:
-    target = np.random.default_rng(TARGET_SEED).normal(size=vector.shape).astype(np.float32)
-    return float(-np.sum((vector - target) ** 2)), {"split": split}
-
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pool")
-    rng = np.random.default_rng(0)
-    for k in range(4):
-        save_file(
-            {
-                "b.weight": rng.normal(size=(3, 4)).astype(np.float32),
-                "a.weight": rng.normal(size=(6,)).astype(np.float32),
-            },
-            str(root / f"e{k}.safetensors"),
-        )
-    return root
+    return make_pool(tmp_path_factory.mktemp("pool"))
 
 
 def config(pool: Path, **swarm: Any) -> SearchConfig:
-    search = {
-        "seed": swarm.pop("seed", 4),
-        "particles": swarm.pop("particles", 7),
-        "max_iterations": swarm.pop("max_iterations", 8),
-    }
-    return parse_config(
-        {
-            "search": search,
-            "experts": {"path": str(pool)},
-            "base_model": {"path": "unused"},
-            "objective": {"utility": "exact_match", "dataset": str(pool / "none.json")},
-            "swarm": {"patience": 4} | swarm,
-        }
-    )
+    search = {k: swarm.pop(k) for k in ("seed", "particles", "max_iterations") if k in swarm}
+    return closed_form(pool, swarm=swarm, **search)
 
 
 def run(url: str, artifacts: Path, cfg: SearchConfig) -> tuple[EmbeddedRunner, str]:
@@ -75,13 +45,6 @@ def run(url: str, artifacts: Path, cfg: SearchConfig) -> tuple[EmbeddedRunner, s
     sid = create_search(runner.runtime, cfg, check_objective=False)
     runner.drive(sid)
     return runner, sid
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db.sqlite'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 def test_search_follows_the_rules(url: str, tmp_path: Path, pool: Path) -> None:

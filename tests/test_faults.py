@@ -33,7 +33,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from clusters import (
-    TIMINGS,
     Cluster,
     PrivatePostgres,
     PrivateRedis,
@@ -43,8 +42,10 @@ from clusters import (
     evaluations,
     free_port,
     make_pool,
+    running_cluster,
     same_result,
     wait_finished,
+    worker_env,
 )
 from conftest import IN_CI
 from fault_hooks import FAULTS_ENV, arm, fired
@@ -59,7 +60,6 @@ from swarmq.execution._dispatch import CeleryDispatcher
 from swarmq.settings import Settings, load_settings
 from swarmq.storage import Database, EvaluationRow, IterationRow, ParticleStateRow
 
-TESTS = Path(__file__).resolve().parent
 FINISHED = ("done", "skipped")
 Key = tuple[int, int, str]
 
@@ -119,23 +119,13 @@ def cluster_env(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
     root = tmp_path_factory.mktemp("faults")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMQ_")}
-    return (
-        env
-        | TIMINGS
-        | {
-            "SWARMQ_DATABASE_URL": pg_server.create_database("swarmq"),
-            "SWARMQ_BROKER_URL": redis_server.url,
-            "SWARMQ_ARTIFACTS": str(store.root),
-            "SWARMQ_EVALUATE": "fault_hooks:evaluate",
-            "SWARMQ_FAULT_HOOK": "fault_hooks:fault",
-            FAULTS_ENV: str(root / "faults"),
-            "PYTHONPATH": os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(
-                os.pathsep
-            ),
-            "HF_HUB_OFFLINE": "1",
-            "LOGS": str(root),
-        }
+    return worker_env(
+        root,
+        database=pg_server.create_database("swarmq"),
+        broker=redis_server.url,
+        evaluate="fault_hooks:evaluate",
+        artifacts=store.root,
+        extra={"SWARMQ_FAULT_HOOK": "fault_hooks:fault", FAULTS_ENV: str(root / "faults")},
     )
 
 
@@ -145,16 +135,8 @@ def swarmq_env(env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def cluster(cluster_env: dict[str, str]) -> Iterator[Cluster]:
-    c = Cluster(cluster_env, Path(cluster_env["LOGS"]))
-    try:
-        c.start("coordinator", "--coordinator", ready=False)
-        c.start("eval-a", ready=False)
-        c.start("eval-b", ready=False)
-        for name in ("coordinator", "eval-a", "eval-b"):
-            c.wait_ready(name)
+    with running_cluster(cluster_env) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,16 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from clusters import TIMINGS, Cluster, PrivateRedis, closed_form, free_port, make_pool
+from clusters import (
+    Cluster,
+    PrivateRedis,
+    closed_form,
+    free_port,
+    make_pool,
+    running_cluster,
+    worker_env,
+)
+from conftest import fresh_database
 from sqlalchemy import update
 
 from swarmq.cli import main
@@ -38,7 +47,6 @@ from swarmq.settings import Settings
 from swarmq.storage import Database, EvaluationRow
 
 REPO = Path(__file__).resolve().parents[1]
-TESTS = REPO / "tests"
 PASSWORD = "S3cret-pw-4217"  # must never appear in any output
 
 
@@ -72,29 +80,8 @@ def test_only_json_is_sent_or_accepted() -> None:
 @pytest.fixture(scope="module")
 def secret_db(postgres_server: str) -> Iterator[str]:
     """A fresh database on the shared PostgreSQL, addressed by a URL with a password."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from swarmq.storage import Database
-
-    name = f"swarmq_sec_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = (
-        make_url(postgres_server)
-        .set(database=name, password=PASSWORD)
-        .render_as_string(hide_password=False)
-    )
-    db = Database(url)
-    db.upgrade()
-    db.engine.dispose()
-    try:
+    with fresh_database(postgres_server, "swarmq_sec", password=PASSWORD, upgrade=True) as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -111,36 +98,16 @@ def secret_env(
     secret_db: str, secret_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
     root = tmp_path_factory.mktemp("secure")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMQ_")}
-    return (
-        env
-        | TIMINGS
-        | {
-            "SWARMQ_DATABASE_URL": secret_db,
-            "SWARMQ_BROKER_URL": secret_redis.url,
-            "SWARMQ_ARTIFACTS": str(root / "artifacts"),
-            "SWARMQ_EVALUATE": "fault_hooks:evaluate",
-            "PYTHONPATH": os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(
-                os.pathsep
-            ),
-            "HF_HUB_OFFLINE": "1",
-            "LOGS": str(root),
-        }
+    return worker_env(
+        root, database=secret_db, broker=secret_redis.url, evaluate="fault_hooks:evaluate"
     )
 
 
 @pytest.fixture(scope="module")
 def secret_cluster(secret_env: dict[str, str]) -> Iterator[Cluster]:
     """A coordinator and an evaluation worker whose database and broker URLs hold passwords."""
-    c = Cluster(secret_env, Path(secret_env["LOGS"]))
-    try:
-        c.start("coordinator", "--coordinator", ready=False)
-        c.start("eval", ready=False)
-        c.wait_ready("coordinator")
-        c.wait_ready("eval")
+    with running_cluster(secret_env, ("eval",)) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def _logs(cluster: Cluster) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "UtilityResult",
     "complete",
     "require_capability",
+    "responses",
 ]
 
 
@@ -113,6 +114,23 @@ def complete(
             f"{utility}: the {who} returned {len(outputs)} outputs for {len(prompts)} prompts"
         )
     return outputs
+
+
+def responses(
+    generator: TextGenerator,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    chat_template: bool,
+    utility: str,
+) -> list[str]:
+    """The model's greedy responses to ``prompts``, stripped of surrounding whitespace (as the
+    reference code's generation does); through the chat template when ``chat_template``."""
+    why = "is set to chat_template = true"
+    outputs = complete(
+        generator, prompts, max_new_tokens, chat=chat_template, utility=utility, why=why
+    )
+    return [out.strip() for out in outputs]
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from swarmq.objectives._base import (
     UtilityOptions,
     UtilityResult,
     complete,
+    responses,
 )
 from swarmq.objectives._judges import Dtype, load_judge, resolve_device
 from swarmq.objectives._registry import register_utility
@@ -119,11 +120,13 @@ class HumanInterest(Utility):
     def responses(self, generator: TextGenerator, prompts: list[str]) -> list[str]:
         """The model's greedy responses (through its chat template unless turned off)."""
         o = self.options
-        why = "is set to chat_template = true"
-        outputs = complete(
-            generator, prompts, o.max_new_tokens, chat=o.chat_template, utility=_NAME, why=why
+        return responses(
+            generator,
+            prompts,
+            max_new_tokens=o.max_new_tokens,
+            chat_template=o.chat_template,
+            utility=_NAME,
         )
-        return [out.strip() for out in outputs]
 
     def judge(self, generator: TextGenerator) -> TextGenerator:
         """The judge LLM (loaded on first use, then cached by the process)."""

@@ -25,7 +25,7 @@ from swarmq.objectives._base import (
     Utility,
     UtilityOptions,
     UtilityResult,
-    complete,
+    responses,
 )
 from swarmq.objectives._judges import (
     Dtype,
@@ -160,11 +160,13 @@ class RewardModel(Utility):
     def responses(self, generator: TextGenerator, prompts: list[str]) -> list[str]:
         """The model's greedy responses to ``prompts`` (through its chat template if asked)."""
         o = self.options
-        why = "is set to chat_template = true"
-        outputs = complete(
-            generator, prompts, o.max_new_tokens, chat=o.chat_template, utility=_NAME, why=why
+        return responses(
+            generator,
+            prompts,
+            max_new_tokens=o.max_new_tokens,
+            chat_template=o.chat_template,
+            utility=_NAME,
         )
-        return [out.strip() for out in outputs]
 
     def _scorer(
         self, generator: TextGenerator

@@ -40,13 +40,13 @@ from sqlalchemy import select
 
 from swarmq.engine._common import config_of, layout_of, params_of, search_in_txn
 from swarmq.errors import ArtifactError, SwarmqError
+from swarmq.reporting._columns import STATE_COLUMNS, lineage_query
 from swarmq.storage import (
     Artifact,
     ArtifactStore,
     Database,
     EvaluationRow,
     IterationRow,
-    ParticleRow,
     ParticleStateRow,
     encode_vector,
     hash_bytes,
@@ -328,24 +328,11 @@ class _State:
 def _iter_states(db: Database, search_id: str, last: int, n: int) -> Iterator[list[_State]]:
     """The states of one iteration at a time, in order; read in batches of about 20,000 rows
     so that memory stays bounded for long searches."""
-    columns = (
-        ParticleStateRow.iteration,
-        ParticleStateRow.particle,
-        ParticleStateRow.position_hash,
-        ParticleStateRow.velocity_hash,
-        ParticleStateRow.restarted,
-        ParticleStateRow.update,
-        ParticleStateRow.utility,
-        ParticleStateRow.evaluated,
-        ParticleStateRow.best_hash,
-        ParticleStateRow.best_utility,
-        ParticleStateRow.best_iteration,
-    )
     step = max(1, 20_000 // max(1, n))
     for start in range(0, last + 1, step):
         with db.session() as s:
             rows = s.execute(
-                select(*columns)
+                select(*STATE_COLUMNS)
                 .where(
                     ParticleStateRow.search_id == search_id,
                     ParticleStateRow.iteration >= start,
@@ -387,17 +374,7 @@ def audit_search(
         params = params_of(config)
         seed, n, n_experts = search.seed, search.n_particles, search.n_experts
         status, stop_reason = search.status, search.stop_reason
-        particles = s.execute(
-            select(
-                ParticleRow.index,
-                ParticleRow.expert_name,
-                ParticleRow.parent_first,
-                ParticleRow.parent_second,
-                ParticleRow.parent_weight,
-            )
-            .where(ParticleRow.search_id == search_id)
-            .order_by(ParticleRow.index)
-        ).all()
+        particles = s.execute(lineage_query(search_id)).all()
         iterations = {
             it.number: it
             for it in s.scalars(

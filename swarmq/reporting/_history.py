@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from swarmq.engine._common import search_in_txn
 from swarmq.errors import NotFoundError
+from swarmq.reporting._columns import STATE_COLUMNS
 from swarmq.storage import (
     Database,
     EvaluationRow,
@@ -132,19 +133,7 @@ def history_rows(
             EvaluationRow.finished_at,
         ).where(EvaluationRow.search_id == search_id, EvaluationRow.split == "dev")
         st_query = (
-            select(
-                ParticleStateRow.iteration,
-                ParticleStateRow.particle,
-                ParticleStateRow.position_hash,
-                ParticleStateRow.velocity_hash,
-                ParticleStateRow.restarted,
-                ParticleStateRow.update,
-                ParticleStateRow.utility,
-                ParticleStateRow.evaluated,
-                ParticleStateRow.best_hash,
-                ParticleStateRow.best_utility,
-                ParticleStateRow.best_iteration,
-            )
+            select(*STATE_COLUMNS)
             .where(ParticleStateRow.search_id == search_id)
             .order_by(ParticleStateRow.iteration, ParticleStateRow.particle)
         )

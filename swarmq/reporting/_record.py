@@ -16,12 +16,12 @@ from sqlalchemy import select
 
 from swarmq.config import SearchConfig
 from swarmq.engine._common import config_of, params_of, search_in_txn
+from swarmq.reporting._columns import lineage_query
 from swarmq.storage import (
     BaselineRow,
     Database,
     EvaluationRow,
     IterationRow,
-    ParticleRow,
     ParticleStateRow,
 )
 from swarmq.swarm import SwarmParams
@@ -146,18 +146,7 @@ def load_record(db: Database, search_id: str) -> SearchRecord:
         search = search_in_txn(s, search_id)
         config = config_of(search.config_json)
         particles = tuple(
-            ParticleInfo(**row._asdict())
-            for row in s.execute(
-                select(
-                    ParticleRow.index,
-                    ParticleRow.expert_name,
-                    ParticleRow.parent_first,
-                    ParticleRow.parent_second,
-                    ParticleRow.parent_weight,
-                )
-                .where(ParticleRow.search_id == search_id)
-                .order_by(ParticleRow.index)
-            ).all()
+            ParticleInfo(**row._asdict()) for row in s.execute(lineage_query(search_id)).all()
         )
         iterations = tuple(
             IterationInfo(**row._asdict())
