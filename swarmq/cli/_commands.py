@@ -165,7 +165,6 @@ def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
     from swarmq.engine import (
         best_history,
         final_report,
-        list_searches,
         search_activity,
         search_summary,
         utility_histories,
@@ -175,13 +174,7 @@ def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
     db = Database(settings.database_url)
     db.check_schema(create=True)
     if search_id is None:
-        rows = list_searches(db)
-        if as_json:
-            click.echo(json.dumps([_summary_dict(r) for r in rows], indent=2))
-        elif not rows:
-            console.print(f"no searches in {db.describe()}", highlight=False)
-        else:
-            console.print(summary_table(rows))
+        print_searches(db, as_json)
         return
     s = search_summary(db, search_id)
     histories = utility_histories(db, search_id)
@@ -212,6 +205,19 @@ def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
         console.print(f"particle {i:3d}: " + " ".join(fmt(u) for u in h[-12:]), highlight=False)
     if report is not None:
         console.print(final_table(report))
+
+
+def print_searches(db: Any, as_json: bool) -> None:
+    """Print every search of ``db``: a table, or a JSON list with ``as_json``."""
+    from swarmq.engine import list_searches
+
+    rows = list_searches(db)
+    if as_json:
+        click.echo(json.dumps([_summary_dict(r) for r in rows], indent=2))
+    elif not rows:
+        console.print(f"no searches in {db.describe()}", highlight=False)
+    else:
+        console.print(summary_table(rows))
 
 
 def _summary_dict(s: Any) -> dict[str, Any]:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -18,8 +17,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from swarmq.cli._commands import _summary_dict, main
-from swarmq.cli._output import console, err_console, fmt, summary_table
+from swarmq.cli._commands import main, print_searches
+from swarmq.cli._output import console, err_console, fmt
 from swarmq.errors import ConfigError
 from swarmq.settings import SETTING_NAMES, Settings
 
@@ -168,16 +167,7 @@ def submit(settings: Settings, config: Path) -> None:
 @click.pass_obj
 def list_(settings: Settings, as_json: bool) -> None:
     """List the searches of the database."""
-    from swarmq.engine import list_searches
-
-    db = _database(settings)
-    rows = list_searches(db)
-    if as_json:
-        click.echo(json.dumps([_summary_dict(r) for r in rows], indent=2))
-    elif not rows:
-        console.print(f"no searches in {db.describe()}", highlight=False)
-    else:
-        console.print(summary_table(rows))
+    print_searches(_database(settings), as_json)
 
 
 @main.command()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
 from swarmq.errors import ModelError
 
-__all__ = ["select_device"]
+__all__ = ["release_memory", "select_device"]
 
 
 def select_device(spec: str = "auto") -> str:
@@ -50,3 +52,12 @@ def select_device(spec: str = "auto") -> str:
             f"device {spec!r} is not supported; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
         )
     return str(device)
+
+
+def release_memory() -> None:
+    """Collect garbage and return CUDA's cached blocks, after a model is dropped."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -6,7 +6,6 @@ the paper evaluates its single-task and multi-task objectives (multiple choice, 
 
 from __future__ import annotations
 
-import gc
 import json
 import threading
 from collections import OrderedDict
@@ -18,6 +17,7 @@ import numpy as np
 from swarmq.config import SearchConfig
 from swarmq.errors import SwarmqError, UtilityError
 from swarmq.modeling._batched import Request, score_together
+from swarmq.modeling._device import release_memory
 from swarmq.modeling._resident import ResidentModel
 from swarmq.objectives import Dataset, Utility, UtilityResult, load_dataset, utility_from_config
 from swarmq.weights._layout import Layout
@@ -224,17 +224,6 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _release_memory() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover - torch is a dependency of this package
-        pass
-
-
 def get_evaluator(config: SearchConfig, adapter_config: Mapping[str, Any] | None) -> Evaluator:
     """The process's evaluator for this base model, pool adapter and objective (built once).
 
@@ -259,7 +248,7 @@ def get_evaluator(config: SearchConfig, adapter_config: Mapping[str, Any] | None
                 old_key, _ = _MODELS.popitem(last=False)
                 for k in [k for k in _EVALUATORS if k[0] == old_key]:
                     del _EVALUATORS[k]
-                _release_memory()
+                release_memory()
             resident = ResidentModel.load(base, adapter_config)
             _MODELS[model_key] = resident
         _MODELS.move_to_end(model_key)
@@ -273,4 +262,4 @@ def clear_evaluators() -> None:
     with _CACHE_LOCK:
         _EVALUATORS.clear()
         _MODELS.clear()
-    _release_memory()
+    release_memory()

@@ -7,7 +7,6 @@ functions here, never when :mod:`swarmq.objectives` is imported, so the CLI stay
 
 from __future__ import annotations
 
-import gc
 import math
 import threading
 from collections import OrderedDict
@@ -15,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from swarmq.errors import ModelError, UtilityError
+from swarmq.modeling._device import release_memory
 
 if TYPE_CHECKING:
     from swarmq.modeling._resident import ResidentModel
@@ -54,17 +54,6 @@ def resolve_device(spec: str | None, generator: Any) -> str:
     return select_device(spec)
 
 
-def _release() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover - torch is a dependency of this package
-        pass
-
-
 def _cached(key: tuple[str, ...], load: Callable[[], Any]) -> Any:
     # The lock is held while loading, so two threads asking for the same model load it once.
     with _LOCK:
@@ -74,7 +63,7 @@ def _cached(key: tuple[str, ...], load: Callable[[], Any]) -> Any:
             return found
         while len(_CACHE) >= MAX_JUDGE_MODELS:
             _CACHE.popitem(last=False)
-            _release()
+            release_memory()
         loaded = load()
         _CACHE[key] = loaded
         return loaded
@@ -84,7 +73,7 @@ def clear_judge_models() -> None:
     """Drop every cached judge and reward model of this process (frees their memory)."""
     with _LOCK:
         _CACHE.clear()
-    _release()
+    release_memory()
 
 
 # ---------------------------------------------------------------------------- judge LLM
