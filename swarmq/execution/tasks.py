@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 @app.task(name="swarmq.evaluate")
 def evaluate(search_id: str, iteration: int, particle: int, split: str = "dev") -> dict[str, Any]:
-    """Evaluate one particle's position at one iteration on one split, exactly once."""
+    """Evaluate one particle's position at one iteration on one split, exactly once; with
+    ``[objective] particles_per_batch`` > 1, also pending companions of the same iteration."""
     outcome = run_evaluation(
         current_runtime(), search_id, iteration, particle, split, policy=current_policy()
     )
@@ -40,7 +41,9 @@ def evaluate(search_id: str, iteration: int, particle: int, split: str = "dev") 
             split,
             outcome.status,
         )
-    return {"status": outcome.status, "utility": outcome.utility}
+    # batch: the other particles this task claimed and evaluated with its own (Flower shows
+    # it as the task's result; their own messages then find them done).
+    return {"status": outcome.status, "utility": outcome.utility, "batch": list(outcome.batch)}
 
 
 @app.task(name="swarmq.coordinate")
