@@ -19,6 +19,7 @@ Run from the repository root (a table in Markdown is printed at the end)::
     .venv/bin/python benchmarks/bench_eval.py                       # tiny random Llama
     .venv/bin/python benchmarks/bench_eval.py --model PATH          # a local model folder
     .venv/bin/python benchmarks/bench_eval.py --model PATH --device cuda --dtype bfloat16
+    .venv/bin/python benchmarks/bench_eval.py --model PATH --random-weights   # shapes only
 
 The questions are synthetic (deterministic, from ``--seed``) unless ``--dataset`` names a
 multiple-choice file; ``--device auto`` takes CUDA when present.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -86,6 +88,17 @@ WORDS = (
 
 
 # ---------------------------------------------------------------------------- set-up
+
+
+def random_weights_copy(model: Path, out: Path, seed: int) -> Path:
+    """``model``'s config and tokenizer files with freshly drawn weights of the same shapes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    weights = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
+    shutil.copytree(model, out, ignore=shutil.ignore_patterns(*weights))
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out)).save_pretrained(out)
+    return out
 
 
 def synthetic_questions(n: int, seed: int) -> list[dict[str, Any]]:
@@ -328,6 +341,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--model", default="tiny", help="'tiny' (built here) or a model folder")
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="use --model's config and tokenizer with random weights of the same shapes "
+        "(the same speed, for a machine that lacks the weights file)",
+    )
     ap.add_argument("--dataset", type=Path, help="a multiple-choice dataset file (dev split)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -357,6 +376,8 @@ def main() -> None:
             base = root / "base"
             # A random 2-layer Llama of width 64 with a character tokenizer (no download).
             save_tiny_llama(base, char_tokenizer(), hidden_size=64)
+        elif args.random_weights:
+            base = random_weights_copy(Path(args.model).expanduser(), root / "base", args.seed)
         else:
             base = Path(args.model).expanduser().resolve()
         adapter_config = {

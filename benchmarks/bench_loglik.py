@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_eval import sync, synthetic_questions
+from bench_eval import random_weights_copy, sync, synthetic_questions
 
 from swarmq.config import BaseModelConfig
 from swarmq.modeling import ResidentModel
@@ -71,6 +71,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--model", default="tiny", help="'tiny' (built here) or a model folder")
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="use --model's config and tokenizer with random weights of the same shapes",
+    )
     ap.add_argument("--dataset", type=Path, help="a multiple-choice dataset file (dev split)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -86,6 +91,8 @@ def main() -> None:
         path = args.model
         if path == "tiny":
             path = str(save_tiny_llama(Path(tmp) / "base", char_tokenizer(), hidden_size=64))
+        elif args.random_weights:
+            path = str(random_weights_copy(Path(path).expanduser(), Path(tmp) / "base", args.seed))
         model = ResidentModel.load(
             BaseModelConfig(path=path, dtype=args.dtype, device=args.device), None
         )
