@@ -90,6 +90,34 @@ WORDS = (
 # ---------------------------------------------------------------------------- set-up
 
 
+def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options that pick the model, the questions and where they run (shared by the
+    evaluation benchmarks)."""
+    ap.add_argument("--model", default="tiny", help="'tiny' (built here) or a model folder")
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="use --model's config and tokenizer with random weights of the same shapes "
+        "(the same speed, for a machine that lacks the weights file)",
+    )
+    ap.add_argument("--dataset", type=Path, help="a multiple-choice dataset file (dev split)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def model_folder(args: argparse.Namespace, scratch: Path) -> Path:
+    """The model folder :func:`add_model_arguments` asked for; built in ``scratch`` when it is
+    the tiny model or a random-weights copy."""
+    if args.model == "tiny":
+        # A random 2-layer Llama of width 64 with a character tokenizer (no download).
+        return save_tiny_llama(scratch, char_tokenizer(), hidden_size=64)
+    if args.random_weights:
+        return random_weights_copy(Path(args.model).expanduser(), scratch, args.seed)
+    return Path(args.model).expanduser().resolve()
+
+
 def random_weights_copy(model: Path, out: Path, seed: int) -> Path:
     """``model``'s config and tokenizer files with freshly drawn weights of the same shapes."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -340,16 +368,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--model", default="tiny", help="'tiny' (built here) or a model folder")
-    ap.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="use --model's config and tokenizer with random weights of the same shapes "
-        "(the same speed, for a machine that lacks the weights file)",
-    )
-    ap.add_argument("--dataset", type=Path, help="a multiple-choice dataset file (dev split)")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_model_arguments(ap)
     ap.add_argument("--particles", type=int, default=8)
     ap.add_argument("--per-batch", default="1,2,4,8", help="values of K to compare")
     ap.add_argument("--examples", type=int, default=16, help="dev questions per evaluation")
@@ -359,8 +378,6 @@ def main() -> None:
     ap.add_argument("--searches", type=int, default=2, help="repeats of (a)")
     ap.add_argument("--reloads", type=int, default=3, help="evaluations timed in (b)")
     ap.add_argument("--rounds", type=int, default=3, help="repeats of (c), median taken")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -372,14 +389,7 @@ def main() -> None:
     per_batch = sorted({int(k) for k in args.per_batch.split(",")} | {1})
     with tempfile.TemporaryDirectory(prefix="swarmq-bench-eval-") as tmp:
         root = Path(tmp)
-        if args.model == "tiny":
-            base = root / "base"
-            # A random 2-layer Llama of width 64 with a character tokenizer (no download).
-            save_tiny_llama(base, char_tokenizer(), hidden_size=64)
-        elif args.random_weights:
-            base = random_weights_copy(Path(args.model).expanduser(), root / "base", args.seed)
-        else:
-            base = Path(args.model).expanduser().resolve()
+        base = model_folder(args, root / "base")
         adapter_config = {
             "peft_type": "LORA",
             "r": args.rank,

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_eval import random_weights_copy, sync, synthetic_questions
+from bench_eval import add_model_arguments, model_folder, sync, synthetic_questions
 
 from swarmq.config import BaseModelConfig
 from swarmq.modeling import ResidentModel
 from swarmq.objectives import MultipleChoice
-from swarmq.testing import char_tokenizer, save_tiny_llama
 
 
 def one_row_per_option(
@@ -70,29 +69,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--model", default="tiny", help="'tiny' (built here) or a model folder")
-    ap.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="use --model's config and tokenizer with random weights of the same shapes",
-    )
-    ap.add_argument("--dataset", type=Path, help="a multiple-choice dataset file (dev split)")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_model_arguments(ap)
     ap.add_argument("--examples", type=int, default=32, help="questions scored")
     ap.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
     ap.add_argument("--rounds", type=int, default=3, help="repeats, median taken")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.model
-        if path == "tiny":
-            path = str(save_tiny_llama(Path(tmp) / "base", char_tokenizer(), hidden_size=64))
-        elif args.random_weights:
-            path = str(random_weights_copy(Path(path).expanduser(), Path(tmp) / "base", args.seed))
+        path = str(model_folder(args, Path(tmp) / "base"))
         model = ResidentModel.load(
             BaseModelConfig(path=path, dtype=args.dtype, device=args.device), None
         )

@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 __all__ = [
     "ChatGenerator",
     "LikelihoodScorer",
+    "RespondingUtility",
     "TextGenerator",
     "Utility",
     "UtilityOptions",
     "UtilityResult",
     "complete",
     "require_capability",
-    "responses",
 ]
 
 
@@ -114,23 +114,6 @@ def complete(
             f"{utility}: the {who} returned {len(outputs)} outputs for {len(prompts)} prompts"
         )
     return outputs
-
-
-def responses(
-    generator: TextGenerator,
-    prompts: list[str],
-    *,
-    max_new_tokens: int,
-    chat_template: bool,
-    utility: str,
-) -> list[str]:
-    """The model's greedy responses to ``prompts``, stripped of surrounding whitespace (as the
-    reference code's generation does); through the chat template when ``chat_template``."""
-    why = "is set to chat_template = true"
-    outputs = complete(
-        generator, prompts, max_new_tokens, chat=chat_template, utility=utility, why=why
-    )
-    return [out.strip() for out in outputs]
 
 
 @dataclass(frozen=True)
@@ -281,3 +264,22 @@ class Utility(ABC):
         raise UtilityError(
             f"utility {self.name or type(self).__name__!r} cannot score per-example answers"
         )
+
+
+class RespondingUtility(Utility):
+    """A utility that scores the model's greedy responses to prompts (``reward_model``,
+    ``human_interest``); its options have ``max_new_tokens`` and ``chat_template``."""
+
+    def responses(self, generator: TextGenerator, prompts: list[str]) -> list[str]:
+        """The model's greedy responses to ``prompts``, stripped of surrounding whitespace (as
+        the reference code's generation does); through the chat template unless turned off."""
+        o: Any = self.options
+        outputs = complete(
+            generator,
+            prompts,
+            o.max_new_tokens,
+            chat=o.chat_template,
+            utility=self.name,
+            why="is set to chat_template = true",
+        )
+        return [out.strip() for out in outputs]

@@ -22,12 +22,11 @@ from pydantic import Field, field_validator
 
 from swarmq.errors import UtilityError
 from swarmq.objectives._base import (
+    RespondingUtility,
     TextGenerator,
-    Utility,
     UtilityOptions,
     UtilityResult,
     complete,
-    responses,
 )
 from swarmq.objectives._judges import Dtype, load_judge, resolve_device
 from swarmq.objectives._registry import register_utility
@@ -106,7 +105,7 @@ class HumanInterestOptions(UtilityOptions):
 
 
 @register_utility(_NAME)
-class HumanInterest(Utility):
+class HumanInterest(RespondingUtility):
     """Mean judge rating (1-10) of greedy responses to topic prompts.
 
     Items: ``{"prompt": str}`` (the paper's ``human_*.json``). Metrics hold the counts of rated
@@ -116,17 +115,6 @@ class HumanInterest(Utility):
     example_keys: ClassVar[tuple[str, ...]] = ("prompt",)
     Options = HumanInterestOptions
     options: HumanInterestOptions
-
-    def responses(self, generator: TextGenerator, prompts: list[str]) -> list[str]:
-        """The model's greedy responses (through its chat template unless turned off)."""
-        o = self.options
-        return responses(
-            generator,
-            prompts,
-            max_new_tokens=o.max_new_tokens,
-            chat_template=o.chat_template,
-            utility=_NAME,
-        )
 
     def judge(self, generator: TextGenerator) -> TextGenerator:
         """The judge LLM (loaded on first use, then cached by the process)."""

@@ -21,11 +21,10 @@ from pydantic import Field, model_validator
 
 from swarmq.errors import UtilityError
 from swarmq.objectives._base import (
+    RespondingUtility,
     TextGenerator,
-    Utility,
     UtilityOptions,
     UtilityResult,
-    responses,
 )
 from swarmq.objectives._judges import (
     Dtype,
@@ -146,7 +145,7 @@ class RewardModelOptions(UtilityOptions):
 
 
 @register_utility(_NAME)
-class RewardModel(Utility):
+class RewardModel(RespondingUtility):
     """Mean (normalised) reward of greedy responses; optional verbose/concise length term.
 
     Items: ``{"prompt": str}`` (the paper's ``rm.json``). Responses are stripped of surrounding
@@ -156,17 +155,6 @@ class RewardModel(Utility):
     example_keys: ClassVar[tuple[str, ...]] = ("prompt",)
     Options = RewardModelOptions
     options: RewardModelOptions
-
-    def responses(self, generator: TextGenerator, prompts: list[str]) -> list[str]:
-        """The model's greedy responses to ``prompts`` (through its chat template if asked)."""
-        o = self.options
-        return responses(
-            generator,
-            prompts,
-            max_new_tokens=o.max_new_tokens,
-            chat_template=o.chat_template,
-            utility=_NAME,
-        )
 
     def _scorer(
         self, generator: TextGenerator
