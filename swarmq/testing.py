@@ -147,7 +147,7 @@ def save_lora_experts(
         tensors = load_file(folder / name / "adapter_model.safetensors")
         here = Layout.from_shapes({k: (v.shape, "F32") for k, v in tensors.items()})
         if layout is not None and here != layout:
-            raise AssertionError(f"expert {name!r} has another layout than the first")
+            raise ValueError(f"expert {name!r} has another tensor layout than the first")
         layout = here
         vectors.append(layout.flatten(tensors))
     if layout is None:
