@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from swarmq.config import SearchConfig
 from swarmq.errors import NotFoundError, UtilityError
-from swarmq.storage import Artifact, ArtifactStore, SearchRow
+from swarmq.storage import Artifact, ArtifactStore, IterationRow, SearchRow
 from swarmq.swarm import SwarmParams
 from swarmq.weights import Layout
 
@@ -84,6 +84,17 @@ def search_in_txn(session: Session, search_id: str, *, lock: bool = False) -> Se
             f"search {search_id!r} does not exist; `swarmq status` lists the searches"
         )
     return row
+
+
+def last_applied_in_txn(session: Session, search_id: str) -> IterationRow | None:
+    """The search's newest applied iteration (its bests are the search's current ones), or
+    ``None`` before the first is applied."""
+    return session.scalars(
+        select(IterationRow)
+        .where(IterationRow.search_id == search_id, IterationRow.status == "applied")
+        .order_by(IterationRow.number.desc())
+        .limit(1)
+    ).one_or_none()
 
 
 def put_vectors_in_txn(

@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
-from swarmq.engine._common import adapter_config_of, config_of, layout_of, search_in_txn
+from swarmq.engine._common import (
+    adapter_config_of,
+    config_of,
+    last_applied_in_txn,
+    layout_of,
+    search_in_txn,
+)
 from swarmq.engine._runtime import Runtime
 from swarmq.errors import NotFoundError
 from swarmq.storage import (
@@ -57,12 +63,7 @@ class SearchSummary:
 
 
 def _summary(s: Any, row: SearchRow) -> SearchSummary:
-    applied = s.scalars(
-        select(IterationRow)
-        .where(IterationRow.search_id == row.id, IterationRow.status == "applied")
-        .order_by(IterationRow.number.desc())
-        .limit(1)
-    ).one_or_none()
+    applied = last_applied_in_txn(s, row.id)
     counts = dict(
         s.execute(
             select(EvaluationRow.status, func.count())
@@ -153,12 +154,7 @@ def final_report(db: Database, search_id: str) -> FinalReport | None:
     """The final comparison, or ``None`` before the first iteration is applied."""
     with db.session() as s:
         search = search_in_txn(s, search_id)
-        last = s.scalars(
-            select(IterationRow)
-            .where(IterationRow.search_id == search_id, IterationRow.status == "applied")
-            .order_by(IterationRow.number.desc())
-            .limit(1)
-        ).one_or_none()
+        last = last_applied_in_txn(s, search_id)
         if last is None or last.best_particle is None or last.best_iteration is None:
             return None
         initial = s.execute(
@@ -215,12 +211,7 @@ def global_best_position(
     """The global best's layout, vector (hash-verified), adapter config and provenance."""
     with rt.db.session() as s:
         search = search_in_txn(s, search_id)
-        last = s.scalars(
-            select(IterationRow)
-            .where(IterationRow.search_id == search_id, IterationRow.status == "applied")
-            .order_by(IterationRow.number.desc())
-            .limit(1)
-        ).one_or_none()
+        last = last_applied_in_txn(s, search_id)
         if last is None or last.best_hash is None:
             raise NotFoundError(
                 f"search {search_id!r} has no evaluated iteration yet; nothing to export"

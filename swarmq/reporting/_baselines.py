@@ -28,6 +28,7 @@ from sqlalchemy import delete, select
 from swarmq.engine._common import (
     adapter_config_of,
     config_of,
+    last_applied_in_txn,
     layout_of,
     put_vectors_in_txn,
     search_in_txn,
@@ -40,7 +41,6 @@ from swarmq.storage import (
     BaselineRow,
     Database,
     EvaluationRow,
-    IterationRow,
     ParticleStateRow,
     utcnow,
 )
@@ -204,12 +204,8 @@ class _Inputs:
 def _inputs(db: Database, search_id: str) -> _Inputs:
     with db.session() as s:
         search = search_in_txn(s, search_id)
-        last = s.scalar(
-            select(IterationRow.number)
-            .where(IterationRow.search_id == search_id, IterationRow.status == "applied")
-            .order_by(IterationRow.number.desc())
-            .limit(1)
-        )
+        applied = last_applied_in_txn(s, search_id)
+        last = None if applied is None else applied.number
         experts = [
             (int(p), str(h))
             for p, h in s.execute(

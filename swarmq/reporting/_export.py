@@ -16,12 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from swarmq.config import BaseModelConfig
-from swarmq.engine._common import adapter_config_of, config_of, layout_of, search_in_txn
+from swarmq.engine._common import (
+    adapter_config_of,
+    config_of,
+    last_applied_in_txn,
+    layout_of,
+    search_in_txn,
+)
 from swarmq.errors import LayoutError, ModelError, NotFoundError
-from swarmq.storage import ArtifactStore, Database, IterationRow, ParticleStateRow
+from swarmq.storage import ArtifactStore, Database, ParticleStateRow
 from swarmq.weights import Layout
 
 __all__ = ["MERGED_MARKER", "export_merged", "personal_best_position", "search_base_model"]
@@ -46,12 +51,8 @@ def personal_best_position(
             raise NotFoundError(
                 f"search {search_id!r} has particles 0..{search.n_particles - 1}, not {particle}"
             )
-        last = s.scalar(
-            select(IterationRow.number)
-            .where(IterationRow.search_id == search_id, IterationRow.status == "applied")
-            .order_by(IterationRow.number.desc())
-            .limit(1)
-        )
+        applied = last_applied_in_txn(s, search_id)
+        last = None if applied is None else applied.number
         state = None if last is None else s.get(ParticleStateRow, (search_id, last, particle))
         if state is None or state.best_hash is None:
             raise NotFoundError(
