@@ -40,6 +40,21 @@ def search_id_of(tmp_path: Path, db: str) -> str:
     return str(rows[0]["id"])
 
 
+def test_run_logs_a_line_per_iteration_when_not_on_a_terminal(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    # A live progress bar writes nothing to a log file until it stops: a run whose output is
+    # not a terminal says each applied iteration on a line of its own instead.
+    result = cli(tmp_path, "run", str(write_config()))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "iterations applied" in line]
+    assert lines[0].startswith("tiny: 0/5 iterations applied, best -")
+    applied = [int(line.split(": ")[1].split("/")[0]) for line in lines]
+    assert applied == list(range(len(applied))) and applied[-1] >= 2
+    quiet = cli(tmp_path, "run", str(write_config("again.toml")), "--quiet", db="q.sqlite")
+    assert quiet.exit_code == 0 and "iterations applied" not in quiet.output
+
+
 def test_run_status_export(
     tmp_path: Path, write_config: Callable[..., Path], tiny_world: dict[str, Path]
 ) -> None:

@@ -292,6 +292,7 @@ def test_cli_train(base: Path, train_file: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "expert written to" in result.output and "32 items of tiny_mc (dev)" in result.output
+    assert "training: step" not in result.output  # --quiet
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert (cfg["r"], cfg["lora_alpha"], sorted(cfg["target_modules"])) == (
         2,
@@ -301,6 +302,11 @@ def test_cli_train(base: Path, train_file: Path, tmp_path: Path) -> None:
 
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
+    # Not on a terminal and not quiet: progress as plain lines, the last step always.
+    logged = CliRunner().invoke(main, [*args[:7], str(tmp_path / "logged"), *args[8:-1]])
+    assert logged.exit_code == 0, logged.output
+    assert "training: step 1/4, loss" in logged.output
+    assert "training: step 4/4, loss" in logged.output
     bad = CliRunner().invoke(main, [*args[:4], "--data", str(tmp_path / "nope.json"), *args[6:]])
     assert bad.exit_code == 2 and "nope.json' does not exist" in bad.output
     test_split = CliRunner().invoke(main, [*args, "--split", "test"])

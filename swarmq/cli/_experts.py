@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from swarmq.cli._commands import main
-from swarmq.cli._output import console, err_console
+from swarmq.cli._output import LogLines, console, err_console
 
 
 @main.group()
@@ -155,8 +155,11 @@ def train(
     with progress:
         task = progress.add_task("train", total=None, loss="-")
 
+        lines = LogLines(not quiet)
+
         def on_step(step: int, total: int, loss: float) -> None:
             progress.update(task, completed=step, total=total, loss=f"{loss:.4f}")
+            lines.say(f"training: step {step}/{total}, loss {loss:.4f}", force=step == total)
 
         result = train_expert(
             base, data_file, out_dir, settings, overwrite=overwrite, progress=on_step

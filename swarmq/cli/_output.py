@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,26 @@ err_console = Console(stderr=True)
 
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+class LogLines:
+    """Progress as plain lines, for output that is not a terminal.
+
+    A live bar prints nothing to a log file until it stops, which leaves a long unattended run
+    silent for hours; where stderr is not a terminal, :meth:`say` prints a line instead, at
+    most every ``every`` seconds unless forced.
+    """
+
+    def __init__(self, enabled: bool = True, every: float = 30.0) -> None:
+        self.active = enabled and not err_console.is_terminal
+        self.every = every
+        self._last = float("-inf")
+
+    def say(self, text: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.active and (force or now - self._last >= self.every):
+            self._last = now
+            err_console.print(text, highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -39,6 +60,9 @@ def search_progress(
         disable=not enabled,
         transient=False,
     )
+    lines = LogLines(enabled)
+    started = time.monotonic()
+    reported = [-1]
     with progress:
         task = progress.add_task(
             summary.name,
@@ -58,6 +82,14 @@ def search_progress(
                 best=fmt(s.best_utility),
                 evals=f"{s.evaluations_done}/{s.evaluations_total}",
             )
+            if applied != reported[0]:  # one line per applied iteration in a log
+                reported[0] = applied
+                lines.say(
+                    f"{s.name}: {applied}/{s.max_iterations + 1} iterations applied, best "
+                    f"{fmt(s.best_utility)}, evaluations {s.evaluations_done}/"
+                    f"{s.evaluations_total}, {time.monotonic() - started:.0f} s",
+                    force=True,
+                )
 
         refresh()
         yield refresh
