@@ -18,15 +18,29 @@ from typing import Any
 
 import numpy as np
 
+from swarmq.config import SearchConfig, parse_config
 from swarmq.weights import Layout
 
 __all__ = [
+    "QUESTIONS",
     "ExpertPool",
     "char_tokenizer",
+    "model_config",
     "save_lora_experts",
     "save_tiny_llama",
     "tiny_llama_config",
+    "write_em_dataset",
     "write_mc_dataset",
+]
+
+#: Six multiple-choice questions of four options each, for :func:`write_mc_dataset`.
+QUESTIONS: list[tuple[str, dict[str, str], str]] = [
+    ("Capital of France?", {"A": "London", "B": "Paris", "C": "Rome", "D": "Berlin"}, "B"),
+    ("2 + 2 = ?", {"A": "3", "B": "4", "C": "5", "D": "22"}, "B"),
+    ("Largest planet?", {"A": "Mars", "B": "Venus", "C": "Jupiter", "D": "Earth"}, "C"),
+    ("Water freezes at?", {"A": "0 C", "B": "50 C", "C": "100 C", "D": "-40 C"}, "A"),
+    ("Color of the sky?", {"A": "green", "B": "red", "C": "yellow", "D": "blue"}, "D"),
+    ("Opposite of up?", {"A": "left", "B": "down", "C": "in", "D": "out"}, "B"),
 ]
 
 
@@ -168,3 +182,23 @@ def write_mc_dataset(
     items = [{"question": q, "choices": dict(c), "answer": a} for q, c, a in questions]
     path.write_text(json.dumps({"dataset": name, "dev": items, "test": items[::-1]}))
     return path
+
+
+def write_em_dataset(path: Path, n: int = 4) -> Path:
+    """Write ``n`` sums (``What is 3 + 3?`` answered ``6``) as an exact-match file; the dev and
+    test splits are the same items."""
+    items = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(n)]
+    path.write_text(json.dumps({"dataset": "tiny_em", "dev": items, "test": items}))
+    return path
+
+
+def model_config(experts: Path, base: Path, **objective: Any) -> SearchConfig:
+    """A search over ``experts`` of the float32 model in ``base`` on the CPU; ``objective``
+    is the ``[objective]`` table (``utility``, ``dataset``, ...)."""
+    return parse_config(
+        {
+            "experts": {"path": str(experts)},
+            "base_model": {"path": str(base), "dtype": "float32", "device": "cpu"},
+            "objective": objective,
+        }
+    )

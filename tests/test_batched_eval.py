@@ -43,6 +43,7 @@ from swarmq.settings import Settings  # noqa: E402
 from swarmq.storage import EvaluationRow  # noqa: E402
 from swarmq.testing import (  # noqa: E402
     char_tokenizer,
+    model_config,
     save_lora_experts,
     save_tiny_llama,
     write_mc_dataset,
@@ -120,20 +121,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def make_config(world: dict[str, Any], **objective: Any) -> SearchConfig:
-    obj = {
+    defaults = {
         "utility": "multiple_choice",
         "dataset": str(world["mc"]),
         "batch_size": 3,
         "options": {"max_new_tokens": 6},
     }
-    obj.update(objective)
-    return parse_config(
-        {
-            "experts": {"path": str(world["root"] / "experts")},
-            "base_model": {"path": str(world["base"]), "dtype": "float32", "device": "cpu"},
-            "objective": obj,
-        }
-    )
+    return model_config(world["root"] / "experts", world["base"], **(defaults | objective))
 
 
 @pytest.fixture(autouse=True)

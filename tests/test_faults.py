@@ -170,6 +170,14 @@ def start(client: DistributedClient, cfg: SearchConfig, before_send: Callable[[s
     return sid
 
 
+def reference(tmp_path: Path, name: str, **kwargs: Any) -> tuple[SearchConfig, Database, str]:
+    """A closed-form search over a fresh pool of four experts, and its embedded reference run
+    (database, search id): what the distributed run must reproduce."""
+    cfg = closed_form(make_pool(tmp_path / "pool", 4), name, **kwargs)
+    ref_db, ref = embedded_reference(tmp_path, cfg)
+    return cfg, ref_db, ref
+
+
 def submit(client: DistributedClient, cfg: SearchConfig) -> str:
     return client.submit(cfg, check_objective=False)
 
@@ -236,11 +244,9 @@ def received(cluster: Cluster, task: str) -> int:
 def test_worker_killed_mid_evaluation(
     client: DistributedClient, cluster: Cluster, faults: Path, tmp_path: Path
 ) -> None:
-    cfg = closed_form(
-        make_pool(tmp_path / "pool", 4), "kill-mid-evaluation", hook="slow", sleep=0.4,
-        max_iterations=3,
-    )  # fmt: skip
-    ref_db, ref = embedded_reference(tmp_path, cfg)
+    cfg, ref_db, ref = reference(
+        tmp_path, "kill-mid-evaluation", hook="slow", sleep=0.4, max_iterations=3
+    )
     db = client.runtime.db
     sid = submit(client, cfg)
 
@@ -273,8 +279,7 @@ def test_worker_killed_mid_evaluation(
 def test_coordinator_killed_between_commit_and_dispatch(
     client: DistributedClient, cluster: Cluster, faults: Path, tmp_path: Path
 ) -> None:
-    cfg = closed_form(make_pool(tmp_path / "pool", 4), "kill-after-commit", max_iterations=4)
-    ref_db, ref = embedded_reference(tmp_path, cfg)
+    cfg, ref_db, ref = reference(tmp_path, "kill-after-commit", max_iterations=4)
     last = search_summary(ref_db, ref).iteration
     killed_at = [0, 2, last]  # the first, one in the middle, and the one that stops the search
     db = client.runtime.db
@@ -302,8 +307,7 @@ def test_evaluation_killed_after_recording_before_coordination(
 ) -> None:
     # Every evaluation of iteration 1 kills its process right after its result commits: the
     # last one of them never sends the coordination, and its message comes back (a duplicate).
-    cfg = closed_form(make_pool(tmp_path / "pool", 4), "kill-after-record", max_iterations=3)
-    ref_db, ref = embedded_reference(tmp_path, cfg)
+    cfg, ref_db, ref = reference(tmp_path, "kill-after-record", max_iterations=3)
     db = client.runtime.db
     sid = start(
         client,
@@ -323,8 +327,7 @@ def test_a_coordination_that_kills_its_worker_stops_at_the_cap_and_resumes(
     faults: Path,
     tmp_path: Path,
 ) -> None:
-    cfg = closed_form(make_pool(tmp_path / "pool", 4), "coordinator-killer", max_iterations=3)
-    ref_db, ref = embedded_reference(tmp_path, cfg)
+    cfg, ref_db, ref = reference(tmp_path, "coordinator-killer", max_iterations=3)
     db = client.runtime.db
     # Three kills are armed: a fourth delivery would go through, so only the cap stops it.
     sid = start(
@@ -358,11 +361,9 @@ def test_machine_lost_between_taking_a_message_and_claiming_it(
 ) -> None:
     import redis
 
-    cfg = closed_form(
-        make_pool(tmp_path / "pool", 4), "taken-and-lost", hook="slow", sleep=1.0,
-        particles=4, max_iterations=1,
-    )  # fmt: skip
-    ref_db, ref = embedded_reference(tmp_path, cfg)
+    cfg, ref_db, ref = reference(
+        tmp_path, "taken-and-lost", hook="slow", sleep=1.0, particles=4, max_iterations=1
+    )
     db = client.runtime.db
     sid = submit(client, cfg)
     broker = redis.Redis.from_url(redis_server.url)
@@ -411,11 +412,9 @@ def test_redis_restart_loses_the_queue_and_the_reconciler_recovers(
     faults: Path,
     tmp_path: Path,
 ) -> None:
-    cfg = closed_form(
-        make_pool(tmp_path / "pool", 4), "redis-restart", hook="slow", sleep=0.3, particles=8,
-        max_iterations=3,
-    )  # fmt: skip
-    ref_db, ref = embedded_reference(tmp_path, cfg)
+    cfg, ref_db, ref = reference(
+        tmp_path, "redis-restart", hook="slow", sleep=0.3, particles=8, max_iterations=3
+    )
     db = client.runtime.db
     sid = submit(client, cfg)
     wait_for("iteration 1 to be under way", _mid_iteration(db, sid, 1), cluster)
@@ -434,11 +433,9 @@ def test_postgres_restart_mid_search(
     faults: Path,
     tmp_path: Path,
 ) -> None:
-    cfg = closed_form(
-        make_pool(tmp_path / "pool", 4), "postgres-restart", hook="slow", sleep=0.4,
-        particles=8, max_iterations=3,
-    )  # fmt: skip
-    ref_db, ref = embedded_reference(tmp_path, cfg)
+    cfg, ref_db, ref = reference(
+        tmp_path, "postgres-restart", hook="slow", sleep=0.4, particles=8, max_iterations=3
+    )
     db = client.runtime.db
     sid = submit(client, cfg)
 
@@ -492,10 +489,7 @@ def test_every_message_delivered_twice(
     faults: Path,
     tmp_path: Path,
 ) -> None:
-    cfg = closed_form(
-        make_pool(tmp_path / "pool", 4), "twice", hook="slow", sleep=0.2, max_iterations=3
-    )
-    ref_db, ref = embedded_reference(tmp_path, cfg)
+    cfg, ref_db, ref = reference(tmp_path, "twice", hook="slow", sleep=0.2, max_iterations=3)
     db = client.runtime.db
     dispatcher = CeleryDispatcher(client.app)
     evaluate_before = received(cluster, "swarmq.evaluate")
@@ -582,10 +576,7 @@ def test_full_artifact_store_fails_the_search_with_the_reason_and_resume_finishe
 ) -> None:
     if not store.mounted:
         _server_side_unsupported("a full file system needs a tmpfs mount (root)")
-    cfg = closed_form(
-        make_pool(tmp_path / "pool", 4), "full-store", hook="slow", sleep=0.1, max_iterations=5
-    )
-    ref_db, ref = embedded_reference(tmp_path, cfg)
+    cfg, ref_db, ref = reference(tmp_path, "full-store", hook="slow", sleep=0.1, max_iterations=5)
     db = client.runtime.db
     sid = submit(client, cfg)
     wait_for("iteration 2", lambda: search_summary(db, sid).iteration >= 2, cluster)

@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 
-from swarmq.config import SearchConfig, parse_config  # noqa: E402
+from swarmq.config import SearchConfig  # noqa: E402
 from swarmq.errors import DatasetError, LayoutError, ModelError, UtilityError  # noqa: E402
 from swarmq.modeling import (  # noqa: E402
     Evaluator,
@@ -31,22 +31,17 @@ from swarmq.modeling import (  # noqa: E402
     select_device,
 )
 from swarmq.testing import (  # noqa: E402
+    QUESTIONS,
     char_tokenizer,
+    model_config,
     save_lora_experts,
     save_tiny_llama,
+    write_em_dataset,
     write_mc_dataset,
 )
 from swarmq.weights._layout import Layout  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-QUESTIONS = [
-    ("Capital of France?", {"A": "London", "B": "Paris", "C": "Rome", "D": "Berlin"}, "B"),
-    ("2 + 2 = ?", {"A": "3", "B": "4", "C": "5", "D": "22"}, "B"),
-    ("Largest planet?", {"A": "Mars", "B": "Venus", "C": "Jupiter", "D": "Earth"}, "C"),
-    ("Water freezes at?", {"A": "0 C", "B": "50 C", "C": "100 C", "D": "-40 C"}, "A"),
-    ("Color of the sky?", {"A": "green", "B": "red", "C": "yellow", "D": "blue"}, "D"),
-    ("Opposite of up?", {"A": "left", "B": "down", "C": "in", "D": "out"}, "B"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     layout, vectors, adapter_config = pool.layout, pool.vectors, pool.adapter_config
 
     mc = write_mc_dataset(root / "mc.json", QUESTIONS)
-    em = root / "em.json"
-    em_items = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
-    em.write_text(json.dumps({"dataset": "tiny_em", "dev": em_items, "test": em_items}))
+    em = write_em_dataset(root / "em.json")
     return {
         "root": root,
         "base": base,
@@ -73,19 +66,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def make_config(world: dict[str, Any], **objective: Any) -> SearchConfig:
-    obj = {
-        "utility": "multiple_choice",
-        "dataset": str(world["mc"]),
-        "batch_size": 4,
-        "dev_limit": 5,
-    }
-    obj.update(objective)
-    return parse_config(
-        {
-            "experts": {"path": str(world["root"] / "experts")},
-            "base_model": {"path": str(world["base"]), "dtype": "float32", "device": "cpu"},
-            "objective": obj,
-        }
+    defaults = {"utility": "multiple_choice", "dataset": str(world["mc"]), "batch_size": 4}
+    return model_config(
+        world["root"] / "experts", world["base"], **(defaults | {"dev_limit": 5} | objective)
     )
 
 

@@ -22,7 +22,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 
-from swarmq.config import SearchConfig, parse_config  # noqa: E402
+from swarmq.config import SearchConfig  # noqa: E402
 from swarmq.errors import ModelError, UtilityError  # noqa: E402
 from swarmq.modeling import Evaluator, ResidentModel  # noqa: E402
 from swarmq.objectives import (  # noqa: E402
@@ -37,10 +37,13 @@ from swarmq.objectives import (  # noqa: E402
 )
 from swarmq.objectives._judges import load_classifier_reward, load_judge  # noqa: E402
 from swarmq.testing import (  # noqa: E402
+    QUESTIONS,
     char_tokenizer,
+    model_config,
     save_lora_experts,
     save_tiny_llama,
     tiny_llama_config,
+    write_em_dataset,
     write_mc_dataset,
 )
 
@@ -48,14 +51,6 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-QUESTIONS = [
-    ("Capital of France?", {"A": "London", "B": "Paris", "C": "Rome", "D": "Berlin"}, "B"),
-    ("2 + 2 = ?", {"A": "3", "B": "4", "C": "5", "D": "22"}, "B"),
-    ("Largest planet?", {"A": "Mars", "B": "Venus", "C": "Jupiter", "D": "Earth"}, "C"),
-    ("Water freezes at?", {"A": "0 C", "B": "50 C", "C": "100 C", "D": "-40 C"}, "A"),
-    ("Color of the sky?", {"A": "green", "B": "red", "C": "yellow", "D": "blue"}, "D"),
-    ("Opposite of up?", {"A": "left", "B": "down", "C": "in", "D": "out"}, "B"),
-]
 TOPICS = ["Why do cats purr?", "How do tides work?", "What is a prime?"]
 
 
@@ -103,9 +98,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         rewards[labels] = path
 
     mc = write_mc_dataset(root / "mc.json", QUESTIONS)
-    em = root / "em.json"
-    em_items = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
-    em.write_text(json.dumps({"dataset": "tiny_em", "dev": em_items, "test": em_items}))
+    em = write_em_dataset(root / "em.json")
     topics = root / "topics.json"
     topic_items = [{"prompt": t, "id": i} for i, t in enumerate(TOPICS)]
     topics.write_text(json.dumps({"dataset": "topics", "dev": topic_items, "test": topic_items}))
@@ -124,15 +117,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def make_config(world: dict[str, Any], **objective: Any) -> SearchConfig:
-    obj = {"utility": "multiple_choice", "dataset": str(world["mc"]), "batch_size": 4}
-    obj.update(objective)
-    return parse_config(
-        {
-            "experts": {"path": str(world["root"] / "experts")},
-            "base_model": {"path": str(world["base"]), "dtype": "float32", "device": "cpu"},
-            "objective": obj,
-        }
-    )
+    defaults = {"utility": "multiple_choice", "dataset": str(world["mc"]), "batch_size": 4}
+    return model_config(world["root"] / "experts", world["base"], **(defaults | objective))
 
 
 @pytest.fixture(scope="module")
