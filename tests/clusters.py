@@ -37,8 +37,8 @@ from swarmq.engine import (
     search_summary,
     utility_histories,
 )
-from swarmq.execution import EmbeddedRunner
-from swarmq.settings import Settings
+from swarmq.execution import DistributedClient, EmbeddedRunner
+from swarmq.settings import Settings, load_settings
 from swarmq.storage import Database, EvaluationRow
 
 __all__ = [
@@ -202,6 +202,17 @@ def worker_env(
         }
         | dict(extra or {})
     )
+
+
+def swarmq_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Only the ``SWARMQ_*`` settings of ``env``: what a client or the CLI needs to reach the
+    cluster's servers."""
+    return {k: v for k, v in env.items() if k.startswith("SWARMQ_")}
+
+
+def cluster_client(env: Mapping[str, str]) -> DistributedClient:
+    """A client of the cluster whose worker environment is ``env``."""
+    return DistributedClient(load_settings(environ=swarmq_env(env)))
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from clusters import (
     PrivateRedis,
     children,
     closed_form,
+    cluster_client,
     embedded_reference,
     evaluations,
     make_pool,
@@ -38,7 +39,6 @@ from fault_hooks import FAULTS_ENV, arm, fired
 
 from swarmq.engine import search_summary
 from swarmq.execution import DistributedClient
-from swarmq.settings import load_settings
 
 pytestmark = [pytest.mark.slow]
 
@@ -179,9 +179,7 @@ class Chaos:
 def test_random_kills_do_not_change_the_result(
     chaos_env: dict[str, str], chaos_cluster: Cluster, tmp_path: Path
 ) -> None:
-    client = DistributedClient(
-        load_settings(environ={k: v for k, v in chaos_env.items() if k.startswith("SWARMQ_")})
-    )
+    client = cluster_client(chaos_env)
     cfg = closed_form(
         make_pool(tmp_path / "pool", 4),
         "chaos",

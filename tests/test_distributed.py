@@ -23,11 +23,13 @@ from clusters import (
     Cluster,
     children,
     closed_form,
+    cluster_client,
     embedded_reference,
     evaluations,
     make_pool,
     running_cluster,
     same_result,
+    swarmq_env,
     wait_finished,
     worker_env,
 )
@@ -46,7 +48,7 @@ from swarmq.engine import (
     utility_histories,
 )
 from swarmq.execution import DistributedClient, EmbeddedRunner, LocalQueue
-from swarmq.settings import Settings, load_settings
+from swarmq.settings import Settings
 from swarmq.storage import Database, EvaluationRow, IterationRow, LocalArtifactStore
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -96,8 +98,7 @@ def cluster(cluster_env: dict[str, str]) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def client(cluster_env: dict[str, str], cluster: Cluster) -> DistributedClient:
-    env = {k: v for k, v in cluster_env.items() if k.startswith("SWARMQ_")}
-    return DistributedClient(load_settings(environ=env))
+    return cluster_client(cluster_env)
 
 
 # --- tests --------------------------------------------------------------------------------------
@@ -127,8 +128,7 @@ def test_cli_submit_cancel_resume_on_the_real_model(
     tmp_path: Path,
 ) -> None:
     config = write_config(search={"max_iterations": 3})
-    env = {k: v for k, v in cluster_env.items() if k.startswith("SWARMQ_")}
-    runner = CliRunner(env=env)
+    runner = CliRunner(env=swarmq_env(cluster_env))
 
     def cli(*args: str) -> Any:
         result = runner.invoke(main, list(args), catch_exceptions=False)

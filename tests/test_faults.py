@@ -38,12 +38,14 @@ from clusters import (
     PrivateRedis,
     children,
     closed_form,
+    cluster_client,
     embedded_reference,
     evaluations,
     free_port,
     make_pool,
     running_cluster,
     same_result,
+    swarmq_env,
     wait_finished,
     worker_env,
 )
@@ -57,7 +59,7 @@ from swarmq.config import SearchConfig
 from swarmq.engine import create_search, pending_work, search_summary, send_work
 from swarmq.execution import DistributedClient, EmbeddedRunner
 from swarmq.execution._dispatch import CeleryDispatcher
-from swarmq.settings import Settings, load_settings
+from swarmq.settings import Settings
 from swarmq.storage import Database, EvaluationRow, IterationRow, ParticleStateRow
 
 FINISHED = ("done", "skipped")
@@ -129,10 +131,6 @@ def cluster_env(
     )
 
 
-def swarmq_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith("SWARMQ_")}
-
-
 @pytest.fixture(scope="module")
 def cluster(cluster_env: dict[str, str]) -> Iterator[Cluster]:
     with running_cluster(cluster_env) as c:
@@ -141,7 +139,7 @@ def cluster(cluster_env: dict[str, str]) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def client(cluster_env: dict[str, str], cluster: Cluster) -> DistributedClient:
-    return DistributedClient(load_settings(environ=swarmq_env(cluster_env)))
+    return cluster_client(cluster_env)
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from clusters import (
     free_port,
     make_pool,
     running_cluster,
+    swarmq_env,
     worker_env,
 )
 from conftest import fresh_database
@@ -493,7 +494,7 @@ def test_credentials_are_not_shown_when_the_servers_are_down(tmp_path: Path) -> 
 def test_credentials_are_not_shown_by_a_live_cluster(
     secret_env: dict[str, str], secret_cluster: Cluster, tmp_path: Path
 ) -> None:
-    env = _clean_env() | {k: v for k, v in secret_env.items() if k.startswith("SWARMQ_")}
+    env = _clean_env() | swarmq_env(secret_env)
     pool = make_pool(tmp_path / "pool", 3)
     data = tmp_path / "data.json"
     item = {"question": "q", "answer": "a"}
