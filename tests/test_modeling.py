@@ -86,6 +86,15 @@ def evaluator(world: dict[str, Any]) -> Evaluator:
 # ---------------------------------------------------------------------------- devices
 
 
+def test_torch_dtype() -> None:
+    from swarmq.modeling._device import torch_dtype
+
+    assert torch_dtype("auto") == "auto"
+    assert torch_dtype("bfloat16") is torch.bfloat16 and torch_dtype("float32") is torch.float32
+    with pytest.raises(ValueError, match="'int8' is not one of 'auto', 'float32'"):
+        torch_dtype("int8")
+
+
 def test_select_device() -> None:
     assert select_device("cpu") == "cpu"
     assert select_device("auto") in {"cpu", "cuda", "mps"}

@@ -25,13 +25,12 @@ import torch
 from swarmq.errors import DatasetError, ModelError
 from swarmq.experts._data import TrainingData, load_training_data
 from swarmq.experts._settings import TRAINING_RECORD, ExpertError, TrainResult, TrainSettings
-from swarmq.modeling._device import select_device
+from swarmq.modeling._device import select_device, torch_dtype
 
 __all__ = ["base_model_reference", "train_expert"]
 
 # Files a training run writes into its output folder; --overwrite deletes nothing else.
 _OUTPUT_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md", TRAINING_RECORD}
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 Progress = Callable[[int, int, float], None]
 
@@ -156,7 +155,7 @@ def train_expert(
     _check_out_dir(out, overwrite)
     device = select_device(s.device)
     base_ref = base_model_reference(base)
-    tokenizer, model = _load_base(str(base), _DTYPES[s.dtype], device)
+    tokenizer, model = _load_base(str(base), torch_dtype(s.dtype), device)
 
     rows, skipped = _tokenize(data_set, tokenizer, s.max_length)
     if not rows:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 from swarmq.errors import ModelError
 
-__all__ = ["release_memory", "select_device"]
+__all__ = ["release_memory", "select_device", "torch_dtype"]
 
 
 def select_device(spec: str = "auto") -> str:
@@ -61,3 +62,16 @@ def release_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype of a configured dtype name (``"float32"``, ``"bfloat16"``,
+    ``"float16"``), or ``"auto"`` unchanged (transformers then takes the checkpoint's)."""
+    if name == "auto":
+        return "auto"
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"dtype {name!r} is not one of 'auto', {', '.join(map(repr, dtypes))}")
+    return dtypes[name]

@@ -20,12 +20,11 @@ import torch
 
 from swarmq.config import BaseModelConfig
 from swarmq.errors import LayoutError, ModelError
-from swarmq.modeling._device import select_device
+from swarmq.modeling._device import select_device, torch_dtype
 from swarmq.weights._layout import Layout
 
 __all__ = ["ResidentModel"]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The adapter peft creates with the model; single evaluations write their position into it.
 DEFAULT_ADAPTER = "default"
 #: Extra adapters for mixed-adapter batches are named this plus their slot number.
@@ -109,7 +108,7 @@ class ResidentModel:
                     "token; batched generation needs one of them"
                 )
             tokenizer.pad_token = tokenizer.eos_token
-        dtype: Any = "auto" if base.dtype == "auto" else _DTYPES[base.dtype]
+        dtype: Any = torch_dtype(base.dtype)
         try:
             model: Any = AutoModelForCausalLM.from_pretrained(
                 base.path, dtype=dtype, use_safetensors=True

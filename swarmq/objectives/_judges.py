@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from swarmq.errors import ModelError, UtilityError
-from swarmq.modeling._device import release_memory
+from swarmq.modeling._device import release_memory, torch_dtype
 
 if TYPE_CHECKING:
     from swarmq.modeling._resident import ResidentModel
@@ -224,15 +224,13 @@ def load_classifier_reward(path: str, dtype: Dtype, device: str) -> ClassifierRe
     """The reward model at ``path`` (a sequence-classification folder), loaded once."""
 
     def load() -> ClassifierReward:
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForSequenceClassification.from_pretrained(
                 path,
-                dtype="auto" if dtype == "auto" else dtypes[dtype],
+                dtype=torch_dtype(dtype),
                 use_safetensors=True,
             )
         except Exception as err:  # any loader failure becomes one clear message

@@ -34,8 +34,6 @@ __all__ = ["MERGED_MARKER", "export_merged", "personal_best_position", "search_b
 #: The provenance file of a merged export; its presence marks a folder swarmq may replace.
 MERGED_MARKER = "swarmq_export.json"
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
 
 def personal_best_position(
     db: Database, store: ArtifactStore, search_id: str, particle: int
@@ -116,11 +114,12 @@ def export_merged(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from swarmq.modeling._device import torch_dtype
     from swarmq.weights import export_adapter, state_dict_from_vector
 
     out_dir = Path(out_dir)
     _check_target(out_dir, overwrite)
-    dtype: Any = "auto" if base.dtype == "auto" else getattr(torch, _DTYPES[base.dtype])
+    dtype: Any = torch_dtype(base.dtype)
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
             base.path, dtype=dtype, use_safetensors=True
