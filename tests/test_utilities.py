@@ -928,7 +928,7 @@ def test_config_resolves_plugin_files_and_model_folders(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- the documentation
 
-DOCS = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "utilities.md"
 
 
 def doc_blocks(language: str) -> list[str]:

@@ -83,7 +83,7 @@ def configure_app(settings: Settings) -> Celery:
         # timeout. With late acknowledgement a message stays unacknowledged while its task runs:
         # the timeout must exceed the hard time limit or a live evaluation runs twice (the
         # settings refuse anything else). RabbitMQ's counterpart is the server's
-        # consumer_timeout, which must be raised the same way (see README, "RabbitMQ").
+        # consumer_timeout, which must be raised the same way (see docs/distributed.md, "RabbitMQ").
         broker_transport_options={"visibility_timeout": settings.effective_visibility_timeout},
         beat_schedule={
             "swarmq-reconcile": {

@@ -299,7 +299,7 @@ class ResidentModel:
         alone (longest first, ``batch_size`` rows, left-padded to the batch's longest prompt);
         batch j of every request of the same width then runs as one ``generate`` call with peft's
         per-row ``adapter_names``. So a row sees the same tokens, padding and adapter arithmetic
-        whether its position is evaluated alone or with others; see the README for
+        whether its position is evaluated alone or with others; see docs/performance.md for
         what can still differ in the last bits (kernels that reduce differently per batch size).
         """
         tok = self.tokenizer
