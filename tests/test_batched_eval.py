@@ -16,39 +16,35 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+import torch
+from searches import closed_form, distance, make_pool
+from sqlalchemy import select
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
-
-from searches import closed_form, distance, make_pool  # noqa: E402
-from sqlalchemy import select  # noqa: E402
-
-from swarmq.config import SearchConfig, parse_config  # noqa: E402
-from swarmq.engine import create_search, run_evaluation, utility_histories  # noqa: E402
-from swarmq.engine._runtime import model_evaluate  # noqa: E402
-from swarmq.errors import UtilityError  # noqa: E402
-from swarmq.execution import EmbeddedRunner  # noqa: E402
-from swarmq.modeling import Evaluator, clear_evaluators, get_evaluator  # noqa: E402
-from swarmq.modeling import _evaluator as evaluator_module  # noqa: E402
-from swarmq.modeling._resident import ResidentModel  # noqa: E402
-from swarmq.objectives import (  # noqa: E402
+from swarmq.config import SearchConfig, parse_config
+from swarmq.engine import create_search, run_evaluation, utility_histories
+from swarmq.engine._runtime import model_evaluate
+from swarmq.errors import UtilityError
+from swarmq.execution import EmbeddedRunner
+from swarmq.modeling import Evaluator, clear_evaluators, get_evaluator
+from swarmq.modeling import _evaluator as evaluator_module
+from swarmq.modeling._resident import ResidentModel
+from swarmq.objectives import (
     TextGenerator,
     Utility,
     UtilityResult,
     build_prompt,
     register_utility,
 )
-from swarmq.settings import Settings  # noqa: E402
-from swarmq.storage import EvaluationRow  # noqa: E402
-from swarmq.testing import (  # noqa: E402
+from swarmq.settings import Settings
+from swarmq.storage import EvaluationRow
+from swarmq.testing import (
     char_tokenizer,
     model_config,
     save_lora_experts,
     save_tiny_llama,
     write_mc_dataset,
 )
-from swarmq.weights import Layout, export_adapter  # noqa: E402
+from swarmq.weights import Layout, export_adapter
 
 QUESTIONS = [
     ("Capital of France?", {"A": "London", "B": "Paris", "C": "Rome", "D": "Berlin"}, "B"),

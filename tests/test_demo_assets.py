@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from swarmq.demo import DEMO_VERSION, build_demo_assets, default_cache_dir
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
 
 # peft trips a transformers deprecation warning when it wraps a model: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")

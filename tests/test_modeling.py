@@ -15,22 +15,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
-
-
-from swarmq.config import SearchConfig  # noqa: E402
-from swarmq.errors import DatasetError, LayoutError, ModelError, UtilityError  # noqa: E402
-from swarmq.modeling import (  # noqa: E402
+from swarmq.config import SearchConfig
+from swarmq.errors import DatasetError, LayoutError, ModelError, UtilityError
+from swarmq.modeling import (
     Evaluator,
     check_objective,
     clear_evaluators,
     get_evaluator,
     select_device,
 )
-from swarmq.testing import (  # noqa: E402
+from swarmq.testing import (
     QUESTIONS,
     char_tokenizer,
     model_config,
@@ -39,7 +35,7 @@ from swarmq.testing import (  # noqa: E402
     write_em_dataset,
     write_mc_dataset,
 )
-from swarmq.weights._layout import Layout  # noqa: E402
+from swarmq.weights._layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,16 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
-
-
-from swarmq.config import SearchConfig  # noqa: E402
-from swarmq.errors import ModelError, UtilityError  # noqa: E402
-from swarmq.modeling import Evaluator, ResidentModel  # noqa: E402
-from swarmq.objectives import (  # noqa: E402
+from swarmq.config import SearchConfig
+from swarmq.errors import ModelError, UtilityError
+from swarmq.modeling import Evaluator, ResidentModel
+from swarmq.objectives import (
     ChatGenerator,
     LikelihoodScorer,
     MultipleChoice,
@@ -35,8 +31,8 @@ from swarmq.objectives import (  # noqa: E402
     load_dataset,
     merge_task_files,
 )
-from swarmq.objectives._judges import load_classifier_reward, load_judge  # noqa: E402
-from swarmq.testing import (  # noqa: E402
+from swarmq.objectives._judges import load_classifier_reward, load_judge
+from swarmq.testing import (
     QUESTIONS,
     char_tokenizer,
     model_config,
