@@ -29,6 +29,7 @@ __all__ = [
     "Utility",
     "UtilityOptions",
     "UtilityResult",
+    "check_item_scores",
     "complete",
     "require_capability",
 ]
@@ -122,10 +123,18 @@ class UtilityResult:
 
     ``metrics`` holds counts (``n``, ``correct``, ...) and at most a few sample outputs, never the
     whole list of predictions: results are stored per evaluation, for every particle.
+
+    ``item_scores`` holds one finite score per example, in the examples' order: 1.0 or 0.0 for
+    an accuracy, the example's own contribution otherwise (see each utility). They are recorded
+    with every evaluation (compactly, see :mod:`swarmq.storage`), so that paired bootstrap
+    intervals between two models need no evaluation again. ``None`` means the utility gives no
+    per-example scores (a plug-in may leave them out; intervals are then not available). When
+    ``metrics`` has ``n``, ``item_scores`` must hold ``n`` scores.
     """
 
     value: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    item_scores: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         ok = isinstance(self.value, numbers.Real) and not isinstance(self.value, bool)
@@ -134,6 +143,27 @@ class UtilityResult:
             raise UtilityError(f"a utility value must be a finite number, got {self.value!r}")
         # Normalise numpy scalars to a plain float so the result serialises as JSON.
         object.__setattr__(self, "value", value)
+        if self.item_scores is not None:
+            object.__setattr__(self, "item_scores", check_item_scores(self.item_scores))
+            n = self.metrics.get("n")
+            if isinstance(n, int) and not isinstance(n, bool) and n != len(self.item_scores):
+                raise UtilityError(
+                    f"a utility result with n = {n} examples has {len(self.item_scores)} item "
+                    "scores; give one score per example, in the examples' order"
+                )
+
+
+def check_item_scores(scores: Any) -> tuple[float, ...]:
+    """``scores`` as a tuple of plain floats; refuses a non-number and NaN or infinity."""
+    out: list[float] = []
+    for i, x in enumerate(scores):
+        # bools (and numpy's) are welcome: a correct/wrong flag is the score 1.0/0.0.
+        ok = isinstance(x, numbers.Real) or getattr(getattr(x, "dtype", None), "kind", "") == "b"
+        value = float(x) if ok else math.nan
+        if not math.isfinite(value):
+            raise UtilityError(f"item score {i} must be a finite number, got {x!r}")
+        out.append(value)
+    return tuple(out)
 
 
 class UtilityOptions(BaseModel):
@@ -224,6 +254,8 @@ class Utility(ABC):
         """Evaluate ``generator`` on ``examples`` (items carrying :attr:`example_keys`).
 
         Must return a finite value; must be deterministic given a deterministic generator.
+        Should also return ``item_scores``, one per example in order (see
+        :class:`UtilityResult`): without them a search's results carry no bootstrap interval.
         """
 
     # Optional: per-example answers, for ensembles (a majority vote over several models). A

@@ -145,6 +145,11 @@ class AbstainQA(Utility):
         wrong = sum(not c and not a for c, a in zip(correct, abstained, strict=True))
         return UtilityResult(
             value=effective_reliability(correct, abstained),
+            # Per item: +1 answered right, -1 answered wrong, 0 abstained (their mean is the
+            # effective reliability).
+            item_scores=tuple(
+                0.0 if a else (1.0 if c else -1.0) for c, a in zip(correct, abstained, strict=True)
+            ),
             metrics={
                 "n": n,
                 "answered": n - sum(abstained),

@@ -158,15 +158,19 @@ class ExactMatch(Utility):
             )
         correct = 0
         samples: list[dict[str, Any]] = []
+        hits: list[bool] = []
         for ex, out in zip(examples, outputs, strict=True):
             answer = str(ex["answer"])
             hit = self.is_correct(out, answer)
             correct += hit
+            hits.append(hit)
             if len(samples) < _SAMPLES:
                 samples.append({"output": out[:200], "answer": answer, "correct": hit})
         n = len(examples)
         return UtilityResult(
-            value=correct / n, metrics={"n": n, "correct": correct, "samples": samples}
+            value=correct / n,
+            metrics={"n": n, "correct": correct, "samples": samples},
+            item_scores=tuple(map(float, hits)),
         )
 
     def predict(
@@ -196,9 +200,14 @@ class ExactMatch(Utility):
             raise UtilityError(
                 f"exact_match: {len(predictions)} predictions for {len(examples)} examples"
             )
-        correct = sum(
+        hits = [
             p is not None and self.is_correct(p, str(ex["answer"]))
             for p, ex in zip(predictions, examples, strict=True)
-        )
+        ]
+        correct = sum(hits)
         n = len(examples)
-        return UtilityResult(value=correct / n, metrics={"n": n, "correct": correct})
+        return UtilityResult(
+            value=correct / n,
+            metrics={"n": n, "correct": correct},
+            item_scores=tuple(map(float, hits)),
+        )

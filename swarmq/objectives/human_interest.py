@@ -169,8 +169,14 @@ class HumanInterest(RespondingUtility):
             )
         minimum = o.unrated == "minimum"
         scores = [1.0 if x is None else x for x in ratings] if minimum else rated
+        value = sum(scores) / len(scores)
         return UtilityResult(
-            value=sum(scores) / len(scores),
+            value=value,
+            # Per item: its rating; an unrated reply left out of the mean ("exclude") scores the
+            # mean of the rated ones, so that the item scores still average to the value.
+            item_scores=tuple(scores)
+            if minimum
+            else tuple(value if x is None else x for x in ratings),
             metrics={
                 "n": n,
                 "rated": len(rated),

@@ -221,10 +221,14 @@ class MultipleChoice(Utility):
         correct = 0
         gold_total = 0.0
         samples: list[dict[str, Any]] = []
+        hits: list[bool] = []
+        golds: list[float] = []
         for ex, p in zip(examples, probs, strict=True):
             best = max(p, key=p.__getitem__)  # first maximum: dataset order breaks ties
             correct += best == ex["answer"]
             gold_total += p[ex["answer"]]
+            hits.append(best == ex["answer"])
+            golds.append(p[ex["answer"]])
             if len(samples) < _SAMPLES:
                 rounded = {k: round(v, 4) for k, v in p.items()}
                 samples.append({"probs": rounded, "predicted": best, "answer": ex["answer"]})
@@ -239,6 +243,8 @@ class MultipleChoice(Utility):
                 "gold_prob": gold_prob,
                 "samples": samples,
             },
+            # Per item, what the utility averages: the gold option's probability, or 1/0.
+            item_scores=tuple(golds) if self.options.score == "prob" else tuple(map(float, hits)),
         )
 
     def score(
@@ -262,16 +268,19 @@ class MultipleChoice(Utility):
             )
         correct = unparsed = 0
         samples: list[dict[str, Any]] = []
+        hits: list[bool] = []
         for ex, out in zip(examples, outputs, strict=True):
             parsed = parse_choice(out, ex["choices"])
             unparsed += parsed is None
             correct += parsed == ex["answer"]
+            hits.append(parsed == ex["answer"])
             if len(samples) < _SAMPLES:
                 samples.append({"output": out[:200], "parsed": parsed, "answer": ex["answer"]})
         n = len(examples)
         return UtilityResult(
             value=correct / n,
             metrics={"n": n, "correct": correct, "unparsed": unparsed, "samples": samples},
+            item_scores=tuple(map(float, hits)),
         )
 
     def check_predictions(self) -> None:
@@ -319,9 +328,12 @@ class MultipleChoice(Utility):
             raise UtilityError(
                 f"multiple_choice: {len(predictions)} predictions for {len(examples)} examples"
             )
-        correct = sum(p == ex["answer"] for p, ex in zip(predictions, examples, strict=True))
+        hits = [p == ex["answer"] for p, ex in zip(predictions, examples, strict=True)]
+        correct = sum(hits)
         unparsed = sum(p is None for p in predictions)
         n = len(examples)
         return UtilityResult(
-            value=correct / n, metrics={"n": n, "correct": correct, "unparsed": unparsed}
+            value=correct / n,
+            metrics={"n": n, "correct": correct, "unparsed": unparsed},
+            item_scores=tuple(map(float, hits)),
         )

@@ -83,7 +83,8 @@ class Multitask(Utility):
     Items: ``{task_key: NAME, ...}`` plus the keys the task's utility needs. Each task must have
     items in both splits; with ``dev_limit``/``test_limit`` each task must still keep at least
     one item among the first K (files built by :func:`merge_task_files` interleave tasks).
-    Metrics hold each task's value and metrics under ``tasks``.
+    Metrics hold each task's value and metrics under ``tasks``; an item's score is its score
+    under its own task's utility.
     """
 
     example_keys: ClassVar[tuple[str, ...]] = ()  # per task, checked in check_dataset
@@ -172,7 +173,12 @@ class Multitask(Utility):
         return groups
 
     # ------------------------------------------------------------------ scoring
-    def _combine(self, results: Mapping[str, UtilityResult], n: int) -> UtilityResult:
+    def _combine(
+        self,
+        results: Mapping[str, UtilityResult],
+        groups: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
+        n: int,
+    ) -> UtilityResult:
         values = {name: r.value for name, r in results.items()}
         negative = {name: v for name, v in values.items() if v < 0}
         if negative:
@@ -183,6 +189,7 @@ class Multitask(Utility):
             )
         return UtilityResult(
             value=harmonic_mean(list(values.values())),
+            item_scores=_item_scores(results, groups, n),
             metrics={
                 "n": n,
                 "tasks": {
@@ -202,7 +209,7 @@ class Multitask(Utility):
             name: self.tasks[name].score(generator, [item for _, item in pairs])
             for name, pairs in groups.items()
         }
-        return self._combine(results, len(examples))
+        return self._combine(results, groups, len(examples))
 
     def check_predictions(self) -> None:
         """Supported when every task's utility gives per-example answers."""
@@ -237,13 +244,35 @@ class Multitask(Utility):
             raise UtilityError(
                 f"multitask: {len(predictions)} predictions for {len(examples)} examples"
             )
+        groups = self._split(examples)
         results = {
             name: self.tasks[name].score_predictions(
                 [predictions[i] for i, _ in pairs], [item for _, item in pairs]
             )
-            for name, pairs in self._split(examples).items()
+            for name, pairs in groups.items()
         }
-        return self._combine(results, len(examples))
+        return self._combine(results, groups, len(examples))
+
+
+def _item_scores(
+    results: Mapping[str, UtilityResult],
+    groups: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
+    n: int,
+) -> tuple[float, ...] | None:
+    """Each item's score under its own task's utility, in the examples' order; ``None`` when a
+    task's utility gives no item scores.
+
+    The value is the harmonic mean of the tasks' utilities, which no per-item score can average
+    to; an item's score is what it contributes to its own task's utility (1/0 for an accuracy).
+    """
+    out = [0.0] * n
+    for name, pairs in groups.items():
+        scores = results[name].item_scores
+        if scores is None:
+            return None
+        for (i, _), score in zip(pairs, scores, strict=True):
+            out[i] = score
+    return tuple(out)
 
 
 def merge_task_files(

@@ -232,4 +232,7 @@ class RewardModel(RespondingUtility):
             {"prompt": p[:100], "response": r[:200], "reward": x}
             for p, r, x in list(zip(prompts, responses, raw, strict=True))[:_SAMPLES]
         ]
-        return UtilityResult(value=sum(values) / len(values), metrics=metrics)
+        # Per item: the response's (normalised, length-combined) reward, whose mean is the value.
+        return UtilityResult(
+            value=sum(values) / len(values), metrics=metrics, item_scores=tuple(values)
+        )
