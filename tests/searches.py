@@ -7,6 +7,7 @@ real work. Used by the engine, audit, batching and distributed tests and their w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,24 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from swarmq.config import SearchConfig, parse_config
+from swarmq.errors import UtilityError
+from swarmq.objectives import UtilityResult
+from swarmq.weights import Layout
 
-__all__ = ["TARGET_SEED", "closed_form", "distance", "distance_utility", "make_pool"]
+__all__ = [
+    "N_DEV",
+    "N_TEST",
+    "SIGN_LAYOUT",
+    "TARGET_SEED",
+    "SignScorer",
+    "closed_form",
+    "distance",
+    "distance_utility",
+    "make_pool",
+    "sign_config",
+    "sign_pool",
+    "sign_utility",
+]
 
 TARGET_SEED = 99
 
@@ -68,5 +85,96 @@ def closed_form(
             "objective": {"utility": "exact_match", "dataset": str(pool / "none.json")}
             | (objective or {}),
             "swarm": {"patience": 4} | (swarm or {}),
+        }
+    )
+
+
+# --------------------------------------------------- a closed-form classifier (final tables)
+
+N_DEV = N_TEST = 6
+SIZE = 18  # 6 + 12: two tensors
+
+
+SIGN_LAYOUT = Layout.from_shapes({"a.weight": ((6,), "F32"), "b.weight": ((3, 4), "F32")})
+
+
+class SignScorer:
+    """Example j of a split is answered by coordinate j (dev) or 6 + j (test) of a position:
+    "A" above 0.3, "B" above -0.3, no answer below. The gold answer is always "A".
+
+    Merges go through peft's ``merge_utils`` as for a full-weight pool, around a base model of
+    zeros (so a position is its own task vector)."""
+
+    def __init__(self, *, ensembles: bool = True) -> None:
+        self.ensembles = ensembles
+        self.calls: list[tuple[str, str]] = []
+
+    def check_ensemble(self) -> None:
+        if not self.ensembles:
+            raise UtilityError("this utility gives no per-example answers")
+
+    def predict(self, vector: np.ndarray, split: str) -> list[str | None]:
+        self.calls.append(("predict", split))
+        offset = 0 if split == "dev" else N_DEV
+        out: list[str | None] = []
+        for j in range(N_DEV if split == "dev" else N_TEST):
+            value = float(vector[offset + j])
+            out.append("A" if value > 0.3 else "B" if value > -0.3 else None)
+        return out
+
+    def score_predictions(self, predictions: Sequence[str | None], split: str) -> UtilityResult:
+        hits = [p == "A" for p in predictions]
+        return UtilityResult(sum(hits) / len(hits), {"n": len(hits)}, item_scores=tuple(hits))
+
+    def score(self, vector: np.ndarray, split: str) -> UtilityResult:
+        self.calls.append(("score", split))
+        return self.score_predictions(self.predict(vector, split), split)
+
+    def merge(
+        self,
+        method: str,
+        vectors: Sequence[np.ndarray],
+        weights: Sequence[float],
+        density: float,
+        seed: int,
+    ) -> np.ndarray:
+        from swarmq.modeling._merge import merge_task_vectors
+
+        self.calls.append(("merge", method))
+        zero = np.zeros(SIGN_LAYOUT.size, dtype=np.float32)
+        return merge_task_vectors(SIGN_LAYOUT, zero, vectors, weights, method, density, seed)
+
+
+def sign_utility(
+    config: Any, adapter: Any, layout: Any, vector: np.ndarray, split: str
+) -> UtilityResult:
+    """:class:`SignScorer` as an evaluation hook (with per-item scores)."""
+    return SignScorer().score(vector, split)
+
+
+def sign_pool(root: Path) -> Path:
+    """Four full-weight experts of two tensors (18 parameters) for :class:`SignScorer`."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    for k in range(4):
+        save_file(
+            {
+                "a.weight": rng.normal(size=(6,)).astype(np.float32),
+                "b.weight": rng.normal(size=(3, 4)).astype(np.float32),
+            },
+            str(root / f"expert{k}.safetensors"),
+        )
+    return root
+
+
+def sign_config(pool: Path, **search: Any) -> SearchConfig:
+    """A search over a :func:`sign_pool` (8 particles, at most 12 iterations, dropout)."""
+    return parse_config(
+        {
+            "search": {"seed": 2, "particles": 8, "max_iterations": 12} | search,
+            "experts": {"path": str(pool)},
+            "base_model": {"path": "unused"},
+            "objective": {"utility": "multiple_choice", "dataset": str(pool / "none.json")},
+            "swarm": {"patience": 5, "restart_patience": 0.4, "dropout_n": 0.1},
         }
     )

@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from safetensors.numpy import save_file
+from searches import SignScorer, sign_config, sign_pool, sign_utility
 from sqlalchemy import select
 
 from swarmq.cli import main
-from swarmq.config import SearchConfig, parse_config
 from swarmq.engine import create_search, run_evaluation, utility_histories
 from swarmq.errors import NotFoundError, SwarmqError, UtilityError
 from swarmq.execution import EmbeddedRunner
@@ -149,70 +148,8 @@ def test_utility_without_predictions_refuses_ensembles() -> None:
 
 # ------------------------------------------------------------- a search with a closed form
 
-N_DEV = N_TEST = 6
-SIZE = 18  # 6 + 12: two tensors
-
-
-class SignScorer:
-    """Example j of a split is answered by coordinate j (dev) or 6 + j (test) of a position:
-    "A" above 0.3, "B" above -0.3, no answer below. The gold answer is always "A"."""
-
-    def __init__(self, *, ensembles: bool = True) -> None:
-        self.ensembles = ensembles
-        self.calls: list[tuple[str, str]] = []
-
-    def check_ensemble(self) -> None:
-        if not self.ensembles:
-            raise UtilityError("this utility gives no per-example answers")
-
-    def predict(self, vector: np.ndarray, split: str) -> list[str | None]:
-        self.calls.append(("predict", split))
-        offset = 0 if split == "dev" else N_DEV
-        out: list[str | None] = []
-        for j in range(N_DEV if split == "dev" else N_TEST):
-            value = float(vector[offset + j])
-            out.append("A" if value > 0.3 else "B" if value > -0.3 else None)
-        return out
-
-    def score_predictions(self, predictions: Sequence[str | None], split: str) -> UtilityResult:
-        correct = sum(p == "A" for p in predictions)
-        return UtilityResult(correct / len(predictions), {"n": len(predictions)})
-
-    def score(self, vector: np.ndarray, split: str) -> UtilityResult:
-        self.calls.append(("score", split))
-        return self.score_predictions(self.predict(vector, split), split)
-
-
-def sign_utility(
-    config: Any, adapter: Any, layout: Any, vector: np.ndarray, split: str
-) -> tuple[float, dict[str, Any]]:
-    return SignScorer().score(vector, split).value, {}
-
-
-def make_pool(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(3)
-    for k in range(4):
-        save_file(
-            {
-                "a.weight": rng.normal(size=(6,)).astype(np.float32),
-                "b.weight": rng.normal(size=(3, 4)).astype(np.float32),
-            },
-            str(root / f"expert{k}.safetensors"),
-        )
-    return root
-
-
-def search_config(pool: Path, **search: Any) -> SearchConfig:
-    return parse_config(
-        {
-            "search": {"seed": 2, "particles": 8, "max_iterations": 12} | search,
-            "experts": {"path": str(pool)},
-            "base_model": {"path": "unused"},
-            "objective": {"utility": "multiple_choice", "dataset": str(pool / "none.json")},
-            "swarm": {"patience": 5, "restart_patience": 0.4, "dropout_n": 0.1},
-        }
-    )
+# SignScorer, sign_utility, sign_pool and sign_config live in searches.py (shared with the
+# baselines tests).
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +159,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[EmbeddedRunner, 
         Settings(f"sqlite:///{root / 'db.sqlite'}", root / "art"), evaluate=sign_utility
     )
     sid = create_search(
-        runner.runtime, search_config(make_pool(root / "pool")), check_objective=False
+        runner.runtime, sign_config(sign_pool(root / "pool")), check_objective=False
     )
     runner.drive(sid)
     return runner, sid, root
@@ -284,7 +221,7 @@ def test_report_of_a_fresh_search(tmp_path: Path) -> None:
         Settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art"), evaluate=sign_utility
     )
     sid = create_search(
-        runner.runtime, search_config(make_pool(tmp_path / "pool")), check_objective=False
+        runner.runtime, sign_config(sign_pool(tmp_path / "pool")), check_objective=False
     )
     run_evaluation(runner.runtime, sid, 0, 0)  # one evaluation in, nothing applied
     result = write_report(runner.runtime.db, sid, tmp_path / "r")
@@ -298,7 +235,9 @@ def test_baselines_by_hand(searched: tuple[EmbeddedRunner, str, Path], tmp_path:
     runner, sid, _ = searched
     db, store = runner.runtime.db, runner.runtime.store
     scorer = SignScorer()
-    run = compute_baselines(db, store, sid, top_k=3, scorer=scorer)
+    run = compute_baselines(
+        db, store, sid, top_k=3, scorer=scorer, only=("uniform_soup", "ensemble")
+    )
     assert run.baselines == (
         "uniform_soup/dev",
         "uniform_soup/test",
@@ -366,9 +305,10 @@ def test_baselines_by_hand(searched: tuple[EmbeddedRunner, str, Path], tmp_path:
 
     # Recorded scores are kept: a second run evaluates nothing; --force recomputes.
     scorer.calls.clear()
-    again = compute_baselines(db, store, sid, top_k=3, scorer=scorer)
+    only = ("uniform_soup", "ensemble")
+    again = compute_baselines(db, store, sid, top_k=3, scorer=scorer, only=only)
     assert again.baselines == () and again.expert_tests == () and scorer.calls == []
-    forced = compute_baselines(db, store, sid, top_k=3, scorer=scorer, force=True)
+    forced = compute_baselines(db, store, sid, top_k=3, scorer=scorer, force=True, only=only)
     assert len(forced.baselines) == 4
 
     # The report renders them without a model.
@@ -381,7 +321,7 @@ def test_baselines_refusals(tmp_path: Path) -> None:
         Settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art"), evaluate=sign_utility
     )
     rt = runner.runtime
-    sid = create_search(rt, search_config(make_pool(tmp_path / "pool")), check_objective=False)
+    sid = create_search(rt, sign_config(sign_pool(tmp_path / "pool")), check_objective=False)
     with pytest.raises(SwarmqError, match="is running; baselines are computed on a completed"):
         compute_baselines(rt.db, rt.store, sid, scorer=SignScorer())
     runner.drive(sid)
@@ -471,14 +411,18 @@ def test_cli_baselines_report_and_exports(
     assert cli("run", str(write_config(search={"max_iterations": 2})), "--quiet").exit_code == 0
     sid = json.loads(cli("status", "--json").output)[0]["id"]
 
-    result = cli("baselines", sid, "--top-k", "3")
+    result = cli("baselines", sid, "--top-k", "3", "--only", "uniform_soup,ties,ensemble")
     assert result.exit_code == 0, result.output
     assert "uniform soup" in result.output and "top-3 ensemble" in result.output
+    assert "TIES (peft ties" in result.output and "95% CI" in result.output
     db_rows = load_record(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), sid)
     ensemble = next(b for b in db_rows.baselines if b.name == "ensemble_top3" and b.split == "dev")
     # On the real model too, a member's replayed answers give its recorded dev utility.
     assert all(m["utility"] == m["dev_utility"] for m in ensemble.metrics["members"])
-    assert len(result_rows(db_rows)) == 5
+    assert len(result_rows(db_rows)) == 6
+    assert all(r.interval is not None for r in result_rows(db_rows) if r.key != "global_best")
+    bad = cli("baselines", sid, "--only", "soup")
+    assert bad.exit_code == 2 and "'soup' is not a baseline" in bad.output
 
     # The search on the real model (and the expert test evaluations just added) audits clean.
     result = cli("audit", sid, "--check-experts", "--quiet")

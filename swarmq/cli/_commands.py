@@ -111,22 +111,124 @@ def _print_result(db: Any, search_id: str) -> None:
         console.print(final_table(report))
 
 
+def _seeds(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        seeds = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(x < 0 for x in seeds) or len(set(seeds)) != len(seeds):
+        raise click.BadParameter(
+            f"{value!r}: give distinct non-negative integers separated by commas, e.g. 0,1,2",
+            param_hint="--seeds",
+        )
+    return seeds
+
+
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--seeds",
+    help="Run the search once per seed (comma-separated, e.g. 0,1,2), each seed replacing the "
+    "file's; rerunning the same command continues the group.",
+)
+@click.option(
+    "--group",
+    "label",
+    help="With --seeds: a label telling this group apart from another group of the same file.",
+)
+@click.option(
+    "--baselines",
+    "with_baselines",
+    is_flag=True,
+    help="With --seeds: compute every search's baselines (swarmq baselines) and summarise them.",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="With --baselines: personal bests in the majority-vote ensemble.",
+)
 @click.pass_obj
-def run(settings: Settings, config: Path, quiet: bool) -> None:
-    """Run the search in CONFIG to completion, in this process."""
+def run(
+    settings: Settings,
+    config: Path,
+    quiet: bool,
+    seeds: str | None,
+    label: str | None,
+    with_baselines: bool,
+    top_k: int,
+) -> None:
+    """Run the search in CONFIG to completion, in this process.
+
+    With --seeds, run it once per seed (a seed group: ordinary recorded searches, found again
+    by a rerun of the command, which continues where it stopped) and print the mean and spread
+    of the final tables over the seeds.
+    """
     from swarmq.config import load_config
 
     cfg = load_config(config)
+    chosen = _seeds(seeds)
+    if chosen is None:
+        if label is not None or with_baselines:
+            raise click.UsageError("--group and --baselines go with --seeds")
+        runner = _runner(settings)
+        search_id = runner.submit(cfg)
+        err_console.print(
+            f"search [bold]{search_id}[/] created (resume with: swarmq resume {search_id})",
+            highlight=False,
+        )
+        _drive(runner, search_id, quiet)
+        return
+    _run_seeds(settings, cfg, chosen, label, with_baselines, top_k, quiet)
+
+
+def _run_seeds(
+    settings: Settings,
+    cfg: Any,
+    seeds: list[int],
+    label: str | None,
+    with_baselines: bool,
+    top_k: int,
+    quiet: bool,
+) -> None:
+    from swarmq.cli._output import spread_table
+    from swarmq.engine import group_members, seed_group_id, with_seed
+    from swarmq.reporting import seed_summary
+
     runner = _runner(settings)
-    search_id = runner.submit(cfg)
-    err_console.print(
-        f"search [bold]{search_id}[/] created (resume with: swarmq resume {search_id})",
-        highlight=False,
-    )
-    _drive(runner, search_id, quiet)
+    db = runner.runtime.db
+    group = seed_group_id(cfg, label)
+    err_console.print(f"seed group [bold]{group}[/]: seeds {seeds}", highlight=False)
+    ids: list[str] = []
+    for seed in seeds:
+        member = group_members(db, group).get(seed)
+        if member is None:
+            search_id = runner.submit(with_seed(cfg, seed), group_id=group)
+            err_console.print(f"seed {seed}: search [bold]{search_id}[/] created", highlight=False)
+        else:
+            search_id = member.search_id
+            err_console.print(
+                f"seed {seed}: search [bold]{search_id}[/] found ({member.status})",
+                highlight=False,
+            )
+        if member is None or member.status != "completed":
+            _drive(runner, search_id, quiet)
+        status = group_members(db, group)[seed].status
+        if status != "completed":
+            raise SwarmqError(
+                f"seed {seed}: search {search_id} is {status}; see swarmq status {search_id}, "
+                "then run the same command again to continue the group"
+            )
+        if with_baselines:
+            from swarmq.cli._report import run_baselines
+
+            run_baselines(db, runner.runtime.store, search_id, top_k)
+        ids.append(search_id)
+    console.print(spread_table(seed_summary(db, ids), seeds))
 
 
 @main.command()

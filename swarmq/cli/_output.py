@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from swarmq.engine import FinalReport, SearchSummary, search_summary
+
+if TYPE_CHECKING:
+    from swarmq.reporting import SpreadRow
 from swarmq.storage import Database
 
 console = Console()
@@ -123,4 +126,32 @@ def final_table(report: FinalReport) -> Table:
     table.add_column("test", justify="right")
     for pos in (report.best_expert, report.global_best):
         table.add_row(pos.label, fmt(pos.dev), fmt(pos.test))
+    return table
+
+
+def spread_table(rows: list[SpreadRow], seeds: list[int]) -> Table:
+    """The seed group's summary: mean ± standard deviation over seeds, and the paired
+    intervals' verdicts (seeds where the global best is significantly better / worse)."""
+    table = Table(title=f"over seeds {', '.join(map(str, seeds))} (mean ± sd)")
+    table.add_column("")
+    table.add_column("seeds", justify="right")
+    table.add_column("dev", justify="right")
+    table.add_column("test", justify="right")
+    table.add_column("global best - row, test", justify="right")
+    table.add_column("better / worse", justify="right")
+    for r in rows:
+        label = r.label if r.kind == "search" else f"[dim]baseline:[/] {r.label}"
+        verdict = f"{r.better} / {r.worse} of {r.intervals}" if r.intervals else ""
+        table.add_row(
+            label,
+            str(r.seeds),
+            "-" if r.dev is None else r.dev.describe(),
+            "-" if r.test is None else r.test.describe(),
+            "" if r.difference is None else r.difference.describe(),
+            verdict,
+        )
+    table.caption = (
+        "better / worse: seeds whose paired bootstrap 95% interval of (global best - row) on "
+        "test lies above / below 0"
+    )
     return table

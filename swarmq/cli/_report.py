@@ -33,16 +33,33 @@ def _result_table(rows: list[ResultRow]) -> Table:
     table.add_column("")
     table.add_column("dev", justify="right")
     table.add_column("test", justify="right")
+    intervals = [r.interval for r in rows if r.interval is not None]
+    if intervals:
+        table.add_column("global best - row, test [95% CI]", justify="right")
+        table.caption = (
+            f"paired bootstrap over the {intervals[0].n} test items, "
+            f"{intervals[0].resamples:,} resamples (seed {intervals[0].seed})"
+        )
     for r in rows:
         label = r.label if r.kind == "search" else f"[dim]baseline:[/] {r.label}"
-        table.add_row(label, fmt(r.dev), fmt(r.test))
+        cells = [label, fmt(r.dev), fmt(r.test)]
+        if intervals:
+            cells.append("" if r.interval is None else r.interval.describe())
+        table.add_row(*cells)
     return table
 
 
-def _baselines(
-    db: Database, store: LocalArtifactStore, search_id: str, top_k: int, force: bool
+def run_baselines(
+    db: Database,
+    store: LocalArtifactStore,
+    search_id: str,
+    top_k: int,
+    force: bool = False,
+    only: tuple[str, ...] | None = None,
+    density: float | None = None,
 ) -> BaselineRun:
-    from swarmq.reporting import compute_baselines
+    """Compute (or keep) the baselines of a search, saying what is evaluated on stderr."""
+    from swarmq.reporting import DEFAULT_DENSITY, compute_baselines
 
     run = compute_baselines(
         db,
@@ -50,6 +67,8 @@ def _baselines(
         search_id,
         top_k=top_k,
         force=force,
+        only=only,
+        density=DEFAULT_DENSITY if density is None else density,
         progress=lambda msg: err_console.print(f"[dim]evaluating {msg}[/]", highlight=False),
     )
     if run.skipped:
@@ -57,7 +76,25 @@ def _baselines(
             f"[dim]kept recorded scores: {', '.join(run.skipped)} (--force recomputes)[/]",
             highlight=False,
         )
+    for note in run.unavailable:
+        err_console.print(f"[yellow]not computed:[/] {note}", highlight=False, soft_wrap=True)
     return run
+
+
+def _only(value: str | None) -> tuple[str, ...] | None:
+    from swarmq.reporting import BASELINES
+
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown or not names:
+        raise click.BadParameter(
+            f"{unknown[0] if unknown else value!r} is not a baseline; choose among "
+            f"{', '.join(BASELINES)} (comma-separated)",
+            param_hint="--only",
+        )
+    return names
 
 
 _TOP_K = click.option(
@@ -72,19 +109,40 @@ _TOP_K = click.option(
 @main.command()
 @click.argument("search_id")
 @_TOP_K
-@click.option("--force", is_flag=True, help="Recompute the soup and ensemble scores.")
+@click.option(
+    "--only",
+    help="Comma-separated baselines to compute (default: all): uniform_soup, task_arithmetic, "
+    "ties, dare_ties, dare_linear, greedy_soup, lorahub, ensemble.",
+)
+@click.option(
+    "--density",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Fraction of entries TIES and DARE keep.",
+)
+@click.option("--force", is_flag=True, help="Recompute the chosen baselines' recorded scores.")
 @click.pass_obj
-def baselines(settings: Settings, search_id: str, top_k: int, force: bool) -> None:
+def baselines(
+    settings: Settings,
+    search_id: str,
+    top_k: int,
+    only: str | None,
+    density: float,
+    force: bool,
+) -> None:
     """Evaluate the baselines of a completed SEARCH with its model and utility.
 
-    Every expert on test, the uniform soup of the experts, and the top-k majority-vote
-    ensemble of personal bests, on dev and test; the scores are recorded, so `swarmq report`
-    shows them without a model.
+    Every expert on test; on dev and test: the uniform soup, task arithmetic, TIES, DARE-TIES
+    and DARE-linear (peft's merges, their weight chosen on dev), the greedy soup, a LoraHub
+    search with as many dev evaluations as the swarm made, and the top-k majority-vote
+    ensemble of personal bests. Every evaluation is recorded, so `swarmq report` shows them
+    without a model and `swarmq audit` checks them.
     """
     from swarmq.reporting import load_record, result_rows
 
     db, store = _open(settings)
-    _baselines(db, store, search_id, top_k, force)
+    run_baselines(db, store, search_id, top_k, force, _only(only), density)
     console.print(_result_table(result_rows(load_record(db, search_id))))
 
 
@@ -110,7 +168,7 @@ def report(
 
     db, store = _open(settings)
     if with_baselines:
-        _baselines(db, store, search_id, top_k, False)
+        run_baselines(db, store, search_id, top_k)
     result = write_report(db, search_id, out_dir)
     console.print(
         f"report written to {result.index} ({len(result.figures)} figures, "
@@ -191,7 +249,8 @@ def audit(
         mib = result.bytes_read / 2**20
         summary = (
             f"{result.iterations} iterations, {result.states} particle states, "
-            f"{result.updates} updates recomputed, {result.artifacts_read} artifacts "
+            f"{result.updates} updates recomputed, {result.baselines} baseline evaluations, "
+            f"{result.artifacts_read} artifacts "
             f"({mib:.1f} MiB) read in {result.seconds:.2f} s"
         )
         if result.ok:

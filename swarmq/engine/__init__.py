@@ -13,6 +13,7 @@ from swarmq.engine._evaluate import (
     run_evaluation,
     worker_name,
 )
+from swarmq.engine._groups import GroupMember, group_members, seed_group_id, with_seed
 from swarmq.engine._queries import (
     FinalReport,
     ScoredPosition,
@@ -58,6 +59,7 @@ __all__ = [
     "EvaluationKey",
     "EvaluationPolicy",
     "FinalReport",
+    "GroupMember",
     "Outcome",
     "ParticleActivity",
     "ReconcileReport",
@@ -75,6 +77,7 @@ __all__ = [
     "fail_coordination",
     "final_report",
     "global_best_position",
+    "group_members",
     "install_runtime",
     "list_searches",
     "mark_dispatched",
@@ -85,7 +88,9 @@ __all__ = [
     "runtime_from_settings",
     "search_activity",
     "search_summary",
+    "seed_group_id",
     "send_work",
     "utility_histories",
+    "with_seed",
     "worker_name",
 ]

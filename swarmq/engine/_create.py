@@ -34,12 +34,20 @@ def _check_base_model(path: str) -> None:
     )
 
 
-def create_search(rt: Runtime, config: SearchConfig, *, check_objective: bool = True) -> str:
+def create_search(
+    rt: Runtime,
+    config: SearchConfig,
+    *,
+    check_objective: bool = True,
+    group_id: str | None = None,
+) -> str:
     """Record a new search and its iteration-0 evaluations; return its id.
 
     Every input is validated before anything is written: the expert pool (same layout), the
     population size, and (unless ``check_objective`` is false) the utility and its dataset.
-    Nothing is dispatched here: the caller sends the pending work.
+    Nothing is dispatched here: the caller sends the pending work. ``group_id`` makes the
+    search its seed's member of a seed group (see :mod:`swarmq.engine._groups`); a group
+    already holding a search of this seed refuses a second one (a unique constraint).
     """
     pool = load_pool(config.experts.path, config.experts.adapter_config)
     if check_objective:
@@ -87,6 +95,7 @@ def create_search(rt: Runtime, config: SearchConfig, *, check_objective: bool = 
                 if pool.adapter_config is None
                 else json.dumps(pool.adapter_config, sort_keys=True),
                 current_iteration=0,
+                group_id=group_id,
             )
         )
         s.flush()

@@ -43,7 +43,14 @@ from swarmq.engine._common import (
 from swarmq.engine._faults import fault_point
 from swarmq.engine._runtime import Runtime
 from swarmq.errors import NotFoundError, SwarmqError
-from swarmq.storage import EvaluationRow, IterationRow, ParticleStateRow, utcnow
+from swarmq.objectives import UtilityResult
+from swarmq.storage import (
+    EvaluationRow,
+    IterationRow,
+    ParticleStateRow,
+    encode_item_scores,
+    utcnow,
+)
 from swarmq.weights import Layout
 
 __all__ = [
@@ -91,10 +98,15 @@ class EvaluationPolicy:
     retry_transient: bool = False
 
 
-# (config, adapter_config, layout, vector, split) -> (utility, metrics)
+# (config, adapter_config, layout, vector, split) -> (utility, metrics), or a UtilityResult
+# (which also carries the per-item scores recorded with the evaluation).
 EvaluateFn = Callable[
-    [SearchConfig, dict[str, Any] | None, Layout, np.ndarray, str], tuple[float, dict[str, Any]]
+    [SearchConfig, dict[str, Any] | None, Layout, np.ndarray, str],
+    tuple[float, dict[str, Any]] | UtilityResult,
 ]
+
+# What is recorded of one finished evaluation: utility, metrics, encoded item scores.
+_Done = tuple[float, dict[str, Any], bytes | None]
 
 
 def worker_name() -> str:
@@ -374,13 +386,13 @@ def _evaluate_claims(
     adapter_config: dict[str, Any] | None,
     iteration: int,
     split: str,
-) -> dict[int, tuple[float, dict[str, Any]] | Exception]:
-    """Each claimed particle's (utility, metrics), or the error that stopped it.
+) -> dict[int, _Done | Exception]:
+    """Each claimed particle's (utility, metrics, item scores), or the error that stopped it.
 
     A position that cannot be read fails alone; several positions go to the hook's ``many``
     when it has one (an error there fails them all), else to the hook one at a time.
     """
-    outcomes: dict[int, tuple[float, dict[str, Any]] | Exception] = {}
+    outcomes: dict[int, _Done | Exception] = {}
     vectors: dict[int, np.ndarray] = {}
     for c in claims:
         try:
@@ -389,7 +401,7 @@ def _evaluate_claims(
             outcomes[c.particle] = err
     ready = [c for c in claims if c.particle in vectors]
     many = getattr(evaluate, "many", None)
-    results: list[tuple[float, dict[str, Any]] | Exception] = []
+    results: list[tuple[float, dict[str, Any]] | UtilityResult | Exception] = []
     if len(ready) > 1 and callable(many):
         try:
             values = list(
@@ -413,7 +425,13 @@ def _evaluate_claims(
         if isinstance(result, Exception):
             outcomes[c.particle] = result
             continue
-        value, metrics = result
+        items: bytes | None = None
+        if isinstance(result, UtilityResult):
+            value, metrics = result.value, dict(result.metrics)
+            if result.item_scores is not None:
+                items = encode_item_scores(result.item_scores)
+        else:
+            value, metrics = result
         try:
             utility = require_finite(
                 value,
@@ -423,7 +441,7 @@ def _evaluate_claims(
         except SwarmqError as err:
             outcomes[c.particle] = err
             continue
-        outcomes[c.particle] = (utility, metrics)
+        outcomes[c.particle] = (utility, metrics, items)
     return outcomes
 
 
@@ -432,7 +450,7 @@ def _record_done(
     search_id: str,
     iteration: int,
     split: str,
-    done: dict[int, tuple[float, dict[str, Any]]],
+    done: dict[int, _Done],
 ) -> tuple[dict[int, Outcome], bool]:
     """Record finished evaluations in one transaction; returns their outcomes and whether the
     iteration is now complete (the caller then sends the coordination: exactly one recorder
@@ -459,8 +477,9 @@ def _record_done(
             if ev.status in FINISHED:  # another delivery of the same work finished first
                 outcomes[ev.particle] = Outcome("duplicate", ev.utility)
                 continue
-            utility, metrics = done[ev.particle]
+            utility, metrics, items = done[ev.particle]
             ev.status, ev.utility, ev.metrics = "done", utility, metrics
+            ev.item_scores = items
             ev.finished_at = utcnow()
             ev.error = None
             outcomes[ev.particle] = Outcome("done", utility)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from swarmq.errors import SwarmqError
+from swarmq.objectives import UtilityResult
 from swarmq.settings import Settings
 from swarmq.storage import ArtifactStore, Database, LocalArtifactStore
 
@@ -46,8 +47,9 @@ class Runtime:
     dispatcher: Dispatcher
     # How a position is scored; the default loads the search's base model (swarmq.modeling).
     # Replaceable for objectives that need no language model, and for engine tests. A hook
-    # with a ``many`` method (see ModelEvaluate) scores several positions in one call.
-    evaluate: Callable[..., tuple[float, dict[str, Any]]] = field(
+    # with a ``many`` method (see ModelEvaluate) scores several positions in one call. It
+    # returns (utility, metrics), or a UtilityResult whose per-item scores are then recorded.
+    evaluate: Callable[..., tuple[float, dict[str, Any]] | UtilityResult] = field(
         default_factory=lambda: model_evaluate
     )
 
@@ -88,11 +90,10 @@ class ModelEvaluate:
         layout: Any,
         vector: np.ndarray,
         split: str,
-    ) -> tuple[float, dict[str, Any]]:
+    ) -> UtilityResult:
         from swarmq.modeling import get_evaluator
 
-        result = get_evaluator(config, adapter_config).evaluate(layout, vector, split)  # type: ignore[arg-type]
-        return result.value, dict(result.metrics)
+        return get_evaluator(config, adapter_config).evaluate(layout, vector, split)  # type: ignore[arg-type]
 
     def many(
         self,
@@ -101,11 +102,10 @@ class ModelEvaluate:
         layout: Any,
         vectors: list[np.ndarray],
         split: str,
-    ) -> list[tuple[float, dict[str, Any]]]:
+    ) -> list[UtilityResult]:
         from swarmq.modeling import get_evaluator
 
-        results = get_evaluator(config, adapter_config).evaluate_many(layout, vectors, split)  # type: ignore[arg-type]
-        return [(r.value, dict(r.metrics)) for r in results]
+        return get_evaluator(config, adapter_config).evaluate_many(layout, vectors, split)  # type: ignore[arg-type]
 
 
 model_evaluate: ModelEvaluate = ModelEvaluate()

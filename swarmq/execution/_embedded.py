@@ -61,9 +61,10 @@ class EmbeddedRunner:
             self.runtime.evaluate = evaluate
         install_runtime(self.runtime)
 
-    def submit(self, config: SearchConfig) -> str:
-        """Validate and record a new search; returns its id (nothing runs yet)."""
-        return create_search(self.runtime, config)
+    def submit(self, config: SearchConfig, *, group_id: str | None = None) -> str:
+        """Validate and record a new search (of seed group ``group_id``, if given); returns
+        its id (nothing runs yet)."""
+        return create_search(self.runtime, config, group_id=group_id)
 
     def drive(
         self, search_id: str, on_message: Callable[[str, dict[str, Any]], None] | None = None

@@ -50,6 +50,8 @@ class Evaluator:
         self._data_lock = threading.Lock()
         # One utility instance per slot of a shared batch: their scores run in parallel threads.
         self._slot_utilities: list[Utility] = []
+        # The base model's own weights of a full-weight pool, read once for merges.
+        self._base: np.ndarray | None = None
 
     @property
     def device(self) -> str:
@@ -114,12 +116,43 @@ class Evaluator:
         with self._resident.lock:
             self.set_position(layout, vector)
             result = self.utility.score(self, examples)
+        return self._checked(result, len(examples))
+
+    def _checked(self, result: Any, n: int) -> UtilityResult:
+        """``result`` if it is a UtilityResult whose item scores (if any) number ``n``."""
         if not isinstance(result, UtilityResult):
             raise UtilityError(
                 f"utility {self.utility.name!r} returned {type(result).__name__}, "
                 "not a UtilityResult"
             )
+        if result.item_scores is not None and len(result.item_scores) != n:
+            raise UtilityError(
+                f"utility {self.utility.name!r} returned {len(result.item_scores)} item scores "
+                f"for {n} examples; give one score per example, in the examples' order"
+            )
         return result
+
+    def merge(
+        self,
+        layout: Layout,
+        vectors: Sequence[np.ndarray],
+        weights: Sequence[float],
+        method: str,
+        density: float,
+        seed: int,
+    ) -> np.ndarray:
+        """Merge positions with peft's ``method`` (``task_arithmetic``, ``ties``, ``dare_ties``,
+        ``dare_linear``): a LoRA pool through ``add_weighted_adapter``, a full-weight pool through
+        ``peft.utils.merge_utils`` around the base model's weights (see
+        :mod:`swarmq.modeling._merge`). Returns a position of ``layout``."""
+        from swarmq.modeling._merge import combination_type, merge_task_vectors, read_base_tensors
+
+        kind = combination_type(method)
+        if self._resident.adapter:
+            return self._resident.merge_adapters(layout, vectors, weights, kind, density, seed)
+        if self._base is None:
+            self._base = read_base_tensors(self.config.base_model.path, layout)
+        return merge_task_vectors(layout, self._base, vectors, weights, method, density, seed)
 
     # ------------------------------------------------------------------ several positions at once
     #: Model methods a utility may call besides ``generate`` and ``generate_chat``: in a shared
@@ -170,11 +203,10 @@ class Evaluator:
                 def serve(requests: list[Request], group: list[np.ndarray] = group) -> None:
                     self._serve(layout, group, requests)
 
-                results.extend(
-                    score_together(
-                        self._slot_utilities[: len(group)], examples, serve, methods, self.device
-                    )
+                together = score_together(
+                    self._slot_utilities[: len(group)], examples, serve, methods, self.device
                 )
+                results.extend(self._checked(r, len(examples)) for r in together)
         return results
 
     def _serve(self, layout: Layout, group: list[np.ndarray], requests: list[Request]) -> None:

@@ -8,6 +8,7 @@ worker process and each evaluation only copies a flat vector into the existing p
 from __future__ import annotations
 
 import copy
+import math
 import os
 import threading
 import warnings
@@ -29,6 +30,8 @@ __all__ = ["ResidentModel"]
 DEFAULT_ADAPTER = "default"
 #: Extra adapters for mixed-adapter batches are named this plus their slot number.
 SLOT_PREFIX = "swarmq_slot_"
+#: The adapter ``add_weighted_adapter`` builds while merging (deleted once read).
+MERGED_ADAPTER = "swarmq_merged"
 
 
 def _where(path: str) -> str:
@@ -280,6 +283,80 @@ class ResidentModel:
         if not 0 <= slot < len(self._slots):
             raise ModelError(f"adapter slot {slot} does not exist; call ensure_slots first")
         return f"{SLOT_PREFIX}{slot}"
+
+    # ------------------------------------------------------------------ merging
+    def merge_adapters(
+        self,
+        layout: Layout,
+        vectors: Sequence[np.ndarray],
+        weights: Sequence[float],
+        combination_type: str,
+        density: float,
+        seed: int,
+    ) -> np.ndarray:
+        """Merge LoRA positions with peft's ``add_weighted_adapter``; returns a position.
+
+        The positions are written into adapter slots (:meth:`ensure_slots`), peft builds the
+        merged adapter from them, its factors are brought to the pool's scaling (see
+        :mod:`swarmq.modeling._merge`), and the merged adapter is read back in the layout and
+        deleted. ``density`` applies to every type but ``linear``; DARE's random drops are
+        drawn from ``seed``. The default adapter and its position are left as they were.
+        """
+        from peft import get_peft_model_state_dict
+        from peft.tuners.lora import LoraLayer
+
+        from swarmq.modeling._merge import forked
+
+        if not self.mixed:
+            what = "an adapter of this type" if self.adapter else "a pool of full-weight files"
+            raise ModelError(f"add_weighted_adapter merges LoRA adapters, not {what}")
+        if getattr(self._peft_config, "use_dora", False):
+            raise ModelError("add_weighted_adapter cannot merge DoRA adapters (use_dora = true)")
+        kwargs = {} if combination_type == "linear" else {"density": float(density)}
+        # New adapter modules draw their (overwritten) initial values from torch's generator:
+        # forked, so the process's random state is left alone, and seeded just before the merge,
+        # so DARE's masks do not depend on whether slots had to be added first.
+        with self.lock, forked(self.device):
+            self.ensure_slots(len(vectors))
+            for slot, vector in enumerate(vectors):
+                self.set_position(layout, vector, slot=slot)
+            names = [f"{SLOT_PREFIX}{slot}" for slot in range(len(vectors))]
+            try:
+                with torch.no_grad():
+                    torch.manual_seed(seed)
+                    self.model.add_weighted_adapter(
+                        names,
+                        [float(w) for w in weights],
+                        MERGED_ADAPTER,
+                        combination_type=combination_type,
+                        **kwargs,
+                    )
+                    for module in self.model.modules():
+                        if not isinstance(module, LoraLayer):
+                            continue
+                        root = math.sqrt(module.scaling[DEFAULT_ADAPTER])
+                        for factors in (
+                            module.lora_A,
+                            module.lora_B,
+                            module.lora_embedding_A,
+                            module.lora_embedding_B,
+                        ):
+                            if MERGED_ADAPTER in factors:
+                                merged: Any = factors[MERGED_ADAPTER]
+                                getattr(merged, "weight", merged).div_(root)
+                state = get_peft_model_state_dict(self.model, adapter_name=MERGED_ADAPTER)
+                return layout.flatten(
+                    {k: t.detach().float().cpu().numpy() for k, t in state.items()}
+                )
+            except (ValueError, TypeError, RuntimeError) as err:
+                raise ModelError(
+                    f"peft's add_weighted_adapter ({combination_type}) failed: "
+                    f"{type(err).__name__}: {err}"
+                ) from err
+            finally:
+                if MERGED_ADAPTER in self.model.peft_config:
+                    self.model.delete_adapter(MERGED_ADAPTER)
+                self.model.eval()
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:

@@ -16,6 +16,9 @@ the x, v, p, g and g_w it read. The audit checks, in this order, for every state
 4. the evaluation and best bookkeeping: the utility is the dev evaluation's, dropout skips are
    the seeded ones, the personal best and the global best and worst follow the rules.
 
+The baselines recorded by ``swarmq baselines`` are checked last
+(:mod:`swarmq.reporting._audit_baselines`).
+
 Iteration 0 is checked too: the crossover lineage is redrawn from the seed, each crossover
 child is recomputed from its parents' recorded positions, and the starting velocities are
 recomputed; optionally (``check_experts``) the experts' positions are compared with the pool
@@ -110,6 +113,8 @@ class AuditResult:
     seconds: float
     mismatches: tuple[Mismatch, ...]
     notes: tuple[str, ...] = ()
+    #: Recorded baseline evaluations checked (``swarmq baselines``).
+    baselines: int = 0
 
     @property
     def ok(self) -> bool:
@@ -414,7 +419,8 @@ def audit_search(
 
     found = _Findings(max(1, max_mismatches))
     vectors = _Vectors(store, cache_bytes, 4 * layout.size)
-    counts = {"states": 0, "updates": 0, "iterations": 0}
+    counts = {"states": 0, "updates": 0, "iterations": 0, "baselines": 0}
+    baseline_notes: list[str] = []
     last = max(iterations, default=-1)
     # Where the test evaluations (final table, baselines) say they read: checked at the end.
     tested = {
@@ -480,11 +486,14 @@ def audit_search(
                 _stop_word(should_stop(history, len(history), params)),
                 _stop_word(stop_reason),
             )
+        counts["baselines"], baseline_notes = _check_baselines(
+            found, vectors, db, search_id, seed, n_experts, evaluations
+        )
     except _StopAudit:
         pass
     finally:
         vectors.close()
-    notes = []
+    notes = list(baseline_notes)
     if not check_experts:
         notes.append(
             "the experts' positions were not compared with the pool on disk (--check-experts does)"
@@ -499,6 +508,59 @@ def audit_search(
         seconds=time.perf_counter() - t0,
         mismatches=tuple(found.items),
         notes=tuple(notes),
+        baselines=counts["baselines"],
+    )
+
+
+def _check_baselines(
+    found: _Findings,
+    vectors: _Vectors,
+    db: Database,
+    search_id: str,
+    seed: int,
+    n_experts: int,
+    evaluations: _Evaluations,
+) -> tuple[int, list[str]]:
+    """The baselines' record (see :mod:`swarmq.reporting._audit_baselines`)."""
+    from swarmq.reporting._audit_baselines import check_baselines
+
+    def check(what: str, expected: Any, recorded: Any) -> bool:
+        return found.check(None, None, what, expected, recorded)
+
+    def read(what: str, digest: str) -> np.ndarray | None:
+        try:
+            return vectors.get(digest)
+        except ArtifactError as err:
+            found.add(None, None, f"{what} {digest}", "content hashing to its name", err)
+            return None
+
+    def compare(what: str, vector: np.ndarray, recorded: str | None) -> None:
+        digest, problem = vectors.confirm(recorded, vector)
+        if found.check(None, None, what, digest, recorded) and problem is not None:
+            found.add(None, None, f"{what} {recorded}", "content hashing to its name", problem)
+
+    experts: list[np.ndarray | None] = []
+    expert_dev: dict[int, float] = {}
+    for p in range(n_experts):
+        status, utility, digest = evaluations.get((0, p, "dev"), ("missing", None, ""))
+        experts.append(read(f"expert {p} position", digest) if digest else None)
+        if status == "done" and utility is not None:
+            expert_dev[p] = float(utility)
+    dev_done = sum(
+        1
+        for (_t, _p, split), (st, _u, _h) in evaluations.items()
+        if split == "dev" and st == "done"
+    )
+    return check_baselines(
+        db,
+        search_id,
+        seed=seed,
+        experts=experts,
+        expert_dev=expert_dev,
+        dev_evaluations=dev_done,
+        check=check,
+        compare=compare,
+        read=read,
     )
 
 

@@ -1,14 +1,28 @@
 """Baselines of the paper's final table, on the same data and by the same utility as the search.
 
+``swarmq baselines SEARCH`` evaluates, on dev and test, beside the swarm's global best:
+
 * every expert on test (so the best single expert can be named on either split);
 * the uniform soup: the plain average of the experts' positions;
+* task arithmetic, TIES, DARE-TIES and DARE-linear: peft's merges (``add_weighted_adapter`` for
+  a LoRA pool; see :mod:`swarmq.modeling._merge`), the experts' common weight chosen on dev;
+* the greedy soup (Wortsman et al.): experts added in order of dev utility while dev does not
+  drop;
+* LoraHub: one weight per expert, searched by CMA-ES on dev with as many dev evaluations as
+  the swarm made;
 * the top-k ensemble: the k best personal bests (by dev utility) vote, per example.
 
-They need model evaluations, so they are a separate step (``swarmq baselines SEARCH``) run once
-a search is completed. The experts' test scores are ordinary test evaluations of iteration 0
-(rows of ``evaluations``, like the search's own final ones); the soup and ensemble scores, which
-are no particle's position, go to the ``baselines`` table. A report then renders them without a
-model.
+They need model evaluations, so they run where a model is (this process, with the search's
+base model). The experts' test scores are ordinary test evaluations of iteration 0 (rows of
+``evaluations``, like the search's own final ones); every other evaluation is a row of the
+``baselines`` table with its position in the artifact store, its worker and times, its metrics
+and its per-item scores: trial 0 is a baseline's result on a split, trials 1, 2, ... the
+candidates a baseline evaluated on dev while choosing. A report then renders them without a
+model, and ``swarmq audit`` checks them.
+
+Every choice is a function of the search's seed and of recorded dev utilities, so a rerun
+after a crash replays the recorded trials (checking that each candidate is the recorded
+position) and evaluates only what is missing.
 
 The ensemble's vote is :func:`majority_vote`. The reference code breaks a tie with a loop
 variable left over from an earlier loop, so its answer depends on iteration order; here the tie
@@ -18,12 +32,13 @@ goes to the answer of the best-ranked member among those that gave one of the ti
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from swarmq.engine._common import (
     adapter_config_of,
@@ -34,14 +49,23 @@ from swarmq.engine._common import (
     search_in_txn,
 )
 from swarmq.engine._evaluate import worker_name
-from swarmq.errors import SwarmqError
+from swarmq.errors import LayoutError, ModelError, SwarmqError
 from swarmq.objectives import Utility, UtilityResult
+from swarmq.reporting._soups import (
+    derived_seed,
+    greedy_soup,
+    lorahub_search,
+    mean_position,
+    merge_scales,
+    weighted_position,
+)
 from swarmq.storage import (
     ArtifactStore,
     BaselineRow,
     Database,
     EvaluationRow,
     ParticleStateRow,
+    encode_item_scores,
     utcnow,
 )
 
@@ -50,7 +74,10 @@ if TYPE_CHECKING:
     from swarmq.weights import Layout
 
 __all__ = [
+    "BASELINES",
+    "DEFAULT_DENSITY",
     "DEFAULT_TOP_K",
+    "MERGES",
     "TIE_BREAK",
     "BaselineRun",
     "Member",
@@ -62,6 +89,12 @@ __all__ = [
 ]
 
 DEFAULT_TOP_K = 5
+#: Fraction of entries TIES and DARE keep (peft's ``density``).
+DEFAULT_DENSITY = 0.5
+#: The peft merges, in the order they are computed.
+MERGES = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
+#: Every baseline ``swarmq baselines`` computes (``--only`` picks some), in order.
+BASELINES = ("uniform_soup", *MERGES, "greedy_soup", "lorahub", "ensemble")
 TIE_BREAK = (
     "majority vote per example over the members' answers (no answer abstains); a tie goes to "
     "the answer of the best-ranked member among those that gave one of the tied answers; "
@@ -128,19 +161,31 @@ def rank_personal_bests(bests: Sequence[tuple[int, int, str, float]], k: int) ->
 
 
 class Scorer(Protocol):
-    """How baselines score a position: the search's utility on one split of its dataset."""
+    """How baselines score and merge positions: the search's utility on one split of its
+    dataset, and peft's merges of its pool."""
 
     def check_ensemble(self) -> None:
         """Raise :class:`UtilityError` when the utility gives no per-example answers."""
 
     def score(self, vector: np.ndarray, split: str) -> UtilityResult:
-        """The utility of a position on ``split``."""
+        """The utility of a position on ``split`` (with its per-item scores)."""
 
     def predict(self, vector: np.ndarray, split: str) -> list[str | None]:
         """The per-example answers of a position on ``split``."""
 
     def score_predictions(self, predictions: Sequence[str | None], split: str) -> UtilityResult:
         """The utility of given per-example answers on ``split``."""
+
+    def merge(
+        self,
+        method: str,
+        vectors: Sequence[np.ndarray],
+        weights: Sequence[float],
+        density: float,
+        seed: int,
+    ) -> np.ndarray:
+        """peft's merge ``method`` (one of :data:`MERGES`) of positions; raises
+        :class:`ModelError` when the pool cannot be merged that way."""
 
 
 class ModelScorer:
@@ -177,47 +222,72 @@ class ModelScorer:
             self._evaluator.examples(split),  # type: ignore[arg-type]
         )
 
+    def merge(
+        self,
+        method: str,
+        vectors: Sequence[np.ndarray],
+        weights: Sequence[float],
+        density: float,
+        seed: int,
+    ) -> np.ndarray:
+        return self._evaluator.merge(self._layout, vectors, weights, method, density, seed)
+
 
 @dataclass(frozen=True)
 class BaselineRun:
-    """What :func:`compute_baselines` evaluated (names of the scores it wrote)."""
+    """What :func:`compute_baselines` did: experts evaluated on test, results written
+    (``name/split``), baselines kept as recorded, and baselines that could not be computed
+    for this pool or utility (``name: reason``)."""
 
     expert_tests: tuple[int, ...]
     baselines: tuple[str, ...]
     skipped: tuple[str, ...]
+    unavailable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class _Inputs:
     status: str
+    seed: int
     n_experts: int
     experts: list[tuple[int, str]]  # (particle, position hash) at iteration 0
+    expert_names: list[str]
+    expert_dev: dict[int, float]  # dev utility of each expert at iteration 0
     expert_tests_done: set[int]
     bests: list[tuple[int, int, str, float]]
     last_applied: int
-    existing: set[tuple[str, str]]
+    dev_evaluations: int
     config_json: str
     layout_json: str
     adapter_json: str | None
 
 
 def _inputs(db: Database, search_id: str) -> _Inputs:
+    from swarmq.storage import ParticleRow
+
     with db.session() as s:
         search = search_in_txn(s, search_id)
         applied = last_applied_in_txn(s, search_id)
         last = None if applied is None else applied.number
-        experts = [
-            (int(p), str(h))
-            for p, h in s.execute(
-                select(ParticleStateRow.particle, ParticleStateRow.position_hash)
-                .where(
-                    ParticleStateRow.search_id == search_id,
-                    ParticleStateRow.iteration == 0,
-                    ParticleStateRow.particle < search.n_experts,
+        states = s.execute(
+            select(
+                ParticleStateRow.particle, ParticleStateRow.position_hash, ParticleStateRow.utility
+            )
+            .where(
+                ParticleStateRow.search_id == search_id,
+                ParticleStateRow.iteration == 0,
+                ParticleStateRow.particle < search.n_experts,
+            )
+            .order_by(ParticleStateRow.particle)
+        ).all()
+        names = {
+            int(i): str(n or f"expert {i}")
+            for i, n in s.execute(
+                select(ParticleRow.index, ParticleRow.expert_name).where(
+                    ParticleRow.search_id == search_id, ParticleRow.index < search.n_experts
                 )
-                .order_by(ParticleStateRow.particle)
             ).all()
-        ]
+        }
         done = {
             int(p)
             for (p,) in s.execute(
@@ -229,6 +299,18 @@ def _inputs(db: Database, search_id: str) -> _Inputs:
                 )
             ).all()
         }
+        dev_evaluations = int(
+            s.scalar(
+                select(func.count())
+                .select_from(EvaluationRow)
+                .where(
+                    EvaluationRow.search_id == search_id,
+                    EvaluationRow.split == "dev",
+                    EvaluationRow.status == "done",
+                )
+            )
+            or 0
+        )
         bests: list[tuple[int, int, str, float]] = []
         if last is not None:
             for particle, iteration, digest, utility in s.execute(
@@ -243,25 +325,20 @@ def _inputs(db: Database, search_id: str) -> _Inputs:
             ).all():
                 if digest is not None and utility is not None and iteration is not None:
                     bests.append((int(particle), int(iteration), str(digest), float(utility)))
-        existing = {
-            (str(n), str(sp))
-            for n, sp in s.execute(
-                select(BaselineRow.name, BaselineRow.split).where(
-                    BaselineRow.search_id == search_id
-                )
-            ).all()
-        }
         return _Inputs(
-            search.status,
-            search.n_experts,
-            experts,
-            done,
-            bests,
-            -1 if last is None else int(last),
-            existing,
-            search.config_json,
-            search.layout_json,
-            search.adapter_config_json,
+            status=search.status,
+            seed=int(search.seed),
+            n_experts=search.n_experts,
+            experts=[(int(p), str(h)) for p, h, _ in states],
+            expert_names=[names.get(int(p), f"expert {p}") for p, _, _ in states],
+            expert_dev={int(p): float(u) for p, _, u in states if u is not None},
+            expert_tests_done=done,
+            bests=bests,
+            last_applied=-1 if last is None else int(last),
+            dev_evaluations=dev_evaluations,
+            config_json=search.config_json,
+            layout_json=search.layout_json,
+            adapter_json=search.adapter_config_json,
         )
 
 
@@ -298,139 +375,285 @@ def _record_expert_test(
         elif row.status == "done":
             return  # someone else recorded it meanwhile; the value is the same function's
         row.status, row.utility, row.metrics = "done", result.value, dict(result.metrics)
+        row.item_scores = _items(result)
         row.attempts = (row.attempts or 0) + 1
         row.worker, row.started_at, row.finished_at, row.error = worker, started, utcnow(), None
 
 
-def _record_baseline(
-    db: Database,
-    search_id: str,
-    name: str,
-    split: str,
-    result: UtilityResult,
-    *,
-    position_hash: str | None,
-    metrics: dict[str, Any],
-    worker: str,
-    started: Any,
+def _items(result: UtilityResult) -> bytes | None:
+    return None if result.item_scores is None else encode_item_scores(result.item_scores)
+
+
+@dataclass
+class _Recorded:
+    utility: float
+    position_hash: str | None
+
+
+@dataclass
+class _Book:
+    """Records baseline evaluations and replays the ones already recorded."""
+
+    db: Database
+    store: ArtifactStore
+    search_id: str
+    scorer: Scorer
+    worker: str
+    say: Callable[[str], None]
+    rows: dict[tuple[str, str, int], _Recorded] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, db: Database, store: ArtifactStore, search_id: str, **kw: Any) -> _Book:
+        book = cls(db, store, search_id, **kw)
+        with db.session() as s:
+            for name, split, trial, utility, digest in s.execute(
+                select(
+                    BaselineRow.name,
+                    BaselineRow.split,
+                    BaselineRow.trial,
+                    BaselineRow.utility,
+                    BaselineRow.position_hash,
+                ).where(BaselineRow.search_id == search_id)
+            ).all():
+                book.rows[(str(name), str(split), int(trial))] = _Recorded(float(utility), digest)
+        return book
+
+    def complete(self, name: str) -> bool:
+        """Whether a baseline has its results on both splits."""
+        return all((name, split, 0) in self.rows for split in ("dev", "test"))
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Delete every recorded evaluation of these baselines (``--force``)."""
+        names = list(names)
+        with self.db.session() as s:
+            s.execute(
+                delete(BaselineRow).where(
+                    BaselineRow.search_id == self.search_id, BaselineRow.name.in_(names)
+                )
+            )
+        self.rows = {k: v for k, v in self.rows.items() if k[0] not in names}
+
+    def put(self, vector: np.ndarray) -> str:
+        with self.db.session() as s:
+            (digest,) = put_vectors_in_txn(s, self.store, [("position", vector)])
+        return digest
+
+    def write(
+        self,
+        name: str,
+        split: str,
+        trial: int,
+        result: UtilityResult,
+        *,
+        position_hash: str | None,
+        metrics: Mapping[str, Any],
+        started: datetime,
+        finished: datetime | None = None,
+        worker: str | None = None,
+        items: bytes | None = None,
+    ) -> None:
+        with self.db.session() as s:
+            s.execute(
+                delete(BaselineRow).where(
+                    BaselineRow.search_id == self.search_id,
+                    BaselineRow.name == name,
+                    BaselineRow.split == split,
+                    BaselineRow.trial == trial,
+                )
+            )
+            s.add(
+                BaselineRow(
+                    search_id=self.search_id,
+                    name=name,
+                    split=split,
+                    trial=trial,
+                    utility=result.value,
+                    position_hash=position_hash,
+                    metrics={**dict(result.metrics), **dict(metrics)},
+                    item_scores=items if items is not None else _items(result),
+                    worker=worker or self.worker,
+                    started_at=started,
+                    finished_at=finished or utcnow(),
+                )
+            )
+        self.rows[(name, split, trial)] = _Recorded(result.value, position_hash)
+
+    def evaluate(
+        self, name: str, split: str, trial: int, vector: np.ndarray, metrics: Mapping[str, Any]
+    ) -> float:
+        """The utility of ``vector`` as evaluation ``trial`` of ``name`` on ``split``: the
+        recorded one when there is one (it must be of the same position), else evaluated now."""
+        digest = self.put(vector)
+        known = self.rows.get((name, split, trial))
+        if known is not None:
+            if known.position_hash != digest:
+                raise SwarmqError(
+                    f"the recorded {split} evaluation {trial} of baseline {name!r} is of position "
+                    f"{known.position_hash}, but the same choice now gives {digest}; the record "
+                    "was made otherwise (another seed or pool): recompute it with --force"
+                )
+            return known.utility
+        what = name if trial == 0 else f"{name} candidate {trial}"
+        self.say(f"{what} on {split}")
+        started = utcnow()
+        result = self.scorer.score(vector, split)
+        self.write(
+            name, split, trial, result, position_hash=digest, metrics=metrics, started=started
+        )
+        return result.value
+
+    def choose(self, name: str, trial: int, metrics: Mapping[str, Any]) -> None:
+        """Record dev trial ``trial`` of ``name`` again as the baseline's dev result."""
+        with self.db.session() as s:
+            row = s.scalars(
+                select(BaselineRow).where(
+                    BaselineRow.search_id == self.search_id,
+                    BaselineRow.name == name,
+                    BaselineRow.split == "dev",
+                    BaselineRow.trial == trial,
+                )
+            ).one()
+            copy = (row.utility, row.position_hash, dict(row.metrics or {}), row.item_scores)
+            who = (row.worker, row.started_at, row.finished_at)
+        utility, digest, recorded, items = copy
+        self.write(
+            name,
+            "dev",
+            0,
+            UtilityResult(utility, recorded),
+            position_hash=digest,
+            metrics={**dict(metrics), "chosen_trial": trial},
+            worker=who[0],
+            started=who[1] or utcnow(),
+            finished=who[2],
+            items=items,
+        )
+
+    def adopt_expert(self, name: str, particle: int, metrics: Mapping[str, Any]) -> None:
+        """Record an expert's iteration-0 dev evaluation as the baseline's dev result."""
+        with self.db.session() as s:
+            ev = s.scalars(
+                select(EvaluationRow).where(
+                    EvaluationRow.search_id == self.search_id,
+                    EvaluationRow.iteration == 0,
+                    EvaluationRow.particle == particle,
+                    EvaluationRow.split == "dev",
+                )
+            ).one()
+            copy = (ev.utility, ev.position_hash, dict(ev.metrics or {}), ev.item_scores)
+            who = (ev.worker, ev.started_at, ev.finished_at)
+        utility, digest, recorded, items = copy
+        self.write(
+            name,
+            "dev",
+            0,
+            UtilityResult(float(utility or 0.0), recorded),
+            position_hash=digest,
+            metrics={**dict(metrics), "chosen_trial": None, "from_evaluation": [0, particle]},
+            worker=who[0],
+            started=who[1] or utcnow(),
+            finished=who[2],
+            items=items,
+        )
+
+
+def _uniform_soup(book: _Book, inp: _Inputs, vectors: list[np.ndarray]) -> None:
+    soup = mean_position(vectors)
+    metrics = {"experts": [h for _, h in inp.experts], "expert_names": inp.expert_names}
+    for split in ("dev", "test"):
+        book.evaluate("uniform_soup", split, 0, soup, metrics)
+
+
+def _merge(
+    book: _Book, inp: _Inputs, vectors: list[np.ndarray], method: str, density: float
 ) -> None:
-    with db.session() as s:
-        s.execute(
-            delete(BaselineRow).where(
-                BaselineRow.search_id == search_id,
-                BaselineRow.name == name,
-                BaselineRow.split == split,
-            )
-        )
-        s.add(
-            BaselineRow(
-                search_id=search_id,
-                name=name,
-                split=split,
-                utility=result.value,
-                position_hash=position_hash,
-                metrics={**dict(result.metrics), **metrics},
-                worker=worker,
-                started_at=started,
-                finished_at=utcnow(),
-            )
-        )
+    n = len(vectors)
+    seed = derived_seed(inp.seed, method)
+    kind = {"task_arithmetic": "linear"}.get(method, method)
+    trials: list[tuple[int, float, np.ndarray, dict[str, Any]]] = []
+    for trial, scale in enumerate(merge_scales(n), start=1):
+        weights = [scale] * n
+        merged = book.scorer.merge(method, vectors, weights, density, seed)
+        metrics: dict[str, Any] = {
+            "method": method,
+            "combination_type": kind,
+            "scale": scale,
+            "weights": weights,
+            "seed": seed,
+        }
+        if method != "task_arithmetic":
+            metrics["density"] = density
+        utility = book.evaluate(method, "dev", trial, merged, metrics)
+        trials.append((trial, utility, merged, metrics))
+    best = max(trials, key=lambda t: t[1])  # first maximum: the smallest scale among equals
+    chosen = {**best[3], "scales_tried": list(merge_scales(n))}
+    book.choose(method, best[0], chosen)
+    book.evaluate(method, "test", 0, best[2], {**chosen, "chosen_trial": best[0]})
 
 
-def compute_baselines(
-    db: Database,
-    store: ArtifactStore,
-    search_id: str,
-    *,
-    top_k: int = DEFAULT_TOP_K,
-    scorer: Scorer | None = None,
-    force: bool = False,
-    progress: Callable[[str], None] | None = None,
-) -> BaselineRun:
-    """Evaluate and record the baselines of a completed search; returns what was computed.
+def _greedy(book: _Book, inp: _Inputs, vectors: list[np.ndarray]) -> None:
+    missing = [p for p, _ in inp.experts if p not in inp.expert_dev]
+    if missing:
+        raise SwarmqError(f"expert(s) {missing} have no dev utility at iteration 0")
+    order = sorted((p for p, _ in inp.experts), key=lambda p: (-inp.expert_dev[p], p))
 
-    Scores already recorded are kept unless ``force`` (the experts' test evaluations are the
-    search's own record and are never recomputed). ``scorer`` defaults to the search's base
-    model and objective (:class:`ModelScorer`); tests pass a closed-form one.
-    """
-    say = progress or (lambda _msg: None)
-    inp = _inputs(db, search_id)
-    if inp.status != "completed":
-        raise SwarmqError(
-            f"search {search_id!r} is {inp.status}; baselines are computed on a completed "
-            "search (its personal bests are final then)"
-        )
-    if len(inp.experts) != inp.n_experts or not inp.bests:
-        raise SwarmqError(f"search {search_id!r} has an incomplete record at iteration 0")
-    if scorer is None:
-        scorer = ModelScorer(
-            config_of(inp.config_json),
-            adapter_config_of(inp.adapter_json),
-            layout_of(inp.layout_json),
-        )
-    members = rank_personal_bests(inp.bests, top_k)
-    ensemble = f"ensemble_top{len(members)}"
-    want_ensemble = force or any((ensemble, sp) not in inp.existing for sp in ("dev", "test"))
-    if want_ensemble:
-        scorer.check_ensemble()  # before any evaluation: fail fast on e.g. a reward utility
-    worker = worker_name()
-    vectors = {p: store.get_vector(h) for p, h in inp.experts}
+    def label(ingredients: Sequence[int]) -> dict[str, Any]:
+        return {
+            "ingredients": list(ingredients),
+            "ingredient_names": [inp.expert_names[i] for i in ingredients],
+        }
 
-    tested: list[int] = []
-    for particle, digest in inp.experts:
-        if particle in inp.expert_tests_done:
-            continue
-        say(f"expert {particle} on test")
-        started = utcnow()
-        result = scorer.score(vectors[particle], "test")
-        _record_expert_test(db, search_id, particle, digest, result, worker, started)
-        tested.append(particle)
+    def evaluate(trial: int, ingredients: tuple[int, ...]) -> float:
+        soup = mean_position([vectors[i] for i in ingredients])
+        return book.evaluate("greedy_soup", "dev", trial, soup, label(ingredients))
 
-    written: list[str] = []
-    skipped: list[str] = []
-    # The soup is the plain mean, summed in float64 in expert order so it is reproducible.
-    soup = np.sum([vectors[p] for p, _ in inp.experts], axis=0, dtype=np.float64) / len(vectors)
-    soup32 = np.asarray(soup, dtype=np.float32)
-    soup_hash: str | None = None
+    kept, _, steps = greedy_soup(order, inp.expert_dev[order[0]], evaluate)
+    chosen = {**label(kept), "order": order, "kept": [st.kept for st in steps]}
+    kept_trials = [st.trial for st in steps if st.kept]
+    if kept_trials:
+        book.choose("greedy_soup", kept_trials[-1], chosen)
+    else:
+        book.adopt_expert("greedy_soup", order[0], chosen)
+    soup = mean_position([vectors[i] for i in kept])
+    book.evaluate("greedy_soup", "test", 0, soup, chosen)
+
+
+def _lorahub(book: _Book, inp: _Inputs, vectors: list[np.ndarray], budget: int) -> None:
+    seed = derived_seed(inp.seed, "lorahub")
+    positions: dict[int, np.ndarray] = {}
+
+    def evaluate(trial: int, weights: tuple[float, ...]) -> float:
+        positions[trial] = weighted_position(vectors, weights)
+        return book.evaluate("lorahub", "dev", trial, positions[trial], {"weights": list(weights)})
+
+    trials = lorahub_search(len(vectors), budget, seed, evaluate)
+    best = max(trials, key=lambda t: t.utility)  # first maximum
+    chosen = {
+        "weights": list(best.weights),
+        "seed": seed,
+        "budget": budget,
+        "optimiser": "CMA-ES (cmaes), weights in [-1.5, 1.5], from 1/n, step 0.5",
+    }
+    book.choose("lorahub", best.trial, chosen)
+    book.evaluate(
+        "lorahub", "test", 0, positions[best.trial], {**chosen, "chosen_trial": best.trial}
+    )
+
+
+def _ensemble(book: _Book, inp: _Inputs, top_k: int, members: list[Member]) -> str:
+    name = f"ensemble_top{len(members)}"
+    member_vectors = {m.position_hash: book.store.get_vector(m.position_hash) for m in members}
     for split in ("dev", "test"):
-        if not force and ("uniform_soup", split) in inp.existing:
-            skipped.append(f"uniform_soup/{split}")
-            continue
-        if soup_hash is None:
-            with db.session() as s:
-                (soup_hash,) = put_vectors_in_txn(s, store, [("position", soup32)])
-        say(f"uniform soup on {split}")
+        book.say(f"{name} on {split} ({len(members)} members)")
         started = utcnow()
-        result = scorer.score(soup32, split)
-        _record_baseline(
-            db,
-            search_id,
-            "uniform_soup",
-            split,
-            result,
-            position_hash=soup_hash,
-            metrics={"experts": [h for _, h in inp.experts]},
-            worker=worker,
-            started=started,
-        )
-        written.append(f"uniform_soup/{split}")
-
-    if not want_ensemble:
-        skipped += [f"{ensemble}/dev", f"{ensemble}/test"]
-        return BaselineRun(tuple(tested), tuple(written), tuple(skipped))
-    member_vectors = {m.position_hash: store.get_vector(m.position_hash) for m in members}
-    for split in ("dev", "test"):
-        say(f"{ensemble} on {split} ({len(members)} members)")
-        started = utcnow()
-        predictions = [scorer.predict(member_vectors[m.position_hash], split) for m in members]
+        predictions = [book.scorer.predict(member_vectors[m.position_hash], split) for m in members]
         votes = majority_vote(predictions)
-        result = scorer.score_predictions(votes, split)
-        member_scores = [scorer.score_predictions(p, split).value for p in predictions]
-        _record_baseline(
-            db,
-            search_id,
-            ensemble,
+        result = book.scorer.score_predictions(votes, split)
+        member_scores = [book.scorer.score_predictions(p, split).value for p in predictions]
+        book.write(
+            name,
             split,
+            0,
             result,
             position_hash=None,
             metrics={
@@ -455,8 +678,103 @@ def compute_baselines(
                 "member_predictions": predictions,
                 "predictions": votes,
             },
-            worker=worker,
             started=started,
         )
-        written.append(f"{ensemble}/{split}")
-    return BaselineRun(tuple(tested), tuple(written), tuple(skipped))
+    return name
+
+
+def _wanted(only: Sequence[str] | None) -> list[str]:
+    if only is None:
+        return list(BASELINES)
+    unknown = [b for b in only if b not in BASELINES]
+    if unknown:
+        raise SwarmqError(f"unknown baseline {unknown[0]!r}; choose among {', '.join(BASELINES)}")
+    return [b for b in BASELINES if b in only]
+
+
+def compute_baselines(
+    db: Database,
+    store: ArtifactStore,
+    search_id: str,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    scorer: Scorer | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+    only: Sequence[str] | None = None,
+    density: float = DEFAULT_DENSITY,
+    lorahub_budget: int | None = None,
+) -> BaselineRun:
+    """Evaluate and record the baselines of a completed search; returns what was done.
+
+    ``only`` names some of :data:`BASELINES` (default: all). Baselines already recorded on
+    both splits are kept unless ``force``; a baseline interrupted half-way replays its recorded
+    trials and evaluates the rest (the experts' test evaluations are the search's own record
+    and are never recomputed). ``density`` is TIES's and DARE's fraction of entries kept;
+    ``lorahub_budget`` overrides LoraHub's number of dev evaluations (default: as many as the
+    swarm made). A merge the pool does not allow (e.g. DoRA adapters) is reported in
+    ``unavailable``, not raised. ``scorer`` defaults to the search's base model and objective
+    (:class:`ModelScorer`); tests pass a closed-form one.
+    """
+    say = progress or (lambda _msg: None)
+    wanted = _wanted(only)
+    if not 0.0 < density <= 1.0:
+        raise SwarmqError(f"density = {density!r}: TIES and DARE keep a fraction in (0, 1]")
+    if lorahub_budget is not None and lorahub_budget < 1:
+        raise SwarmqError(f"LoraHub budget = {lorahub_budget}: give at least 1 dev evaluation")
+    inp = _inputs(db, search_id)
+    if inp.status != "completed":
+        raise SwarmqError(
+            f"search {search_id!r} is {inp.status}; baselines are computed on a completed "
+            "search (its personal bests are final then)"
+        )
+    if len(inp.experts) != inp.n_experts or not inp.bests:
+        raise SwarmqError(f"search {search_id!r} has an incomplete record at iteration 0")
+    members = rank_personal_bests(inp.bests, top_k)
+    ensemble = f"ensemble_top{len(members)}"
+    names = {b: (ensemble if b == "ensemble" else b) for b in wanted}
+    if scorer is None:
+        scorer = ModelScorer(
+            config_of(inp.config_json),
+            adapter_config_of(inp.adapter_json),
+            layout_of(inp.layout_json),
+        )
+    book = _Book.open(db, store, search_id, scorer=scorer, worker=worker_name(), say=say)
+    if force:
+        book.forget(names.values())
+    todo = [b for b in wanted if not book.complete(names[b])]
+    if "ensemble" in todo:
+        scorer.check_ensemble()  # before any evaluation: fail fast on e.g. a reward utility
+    vectors = [store.get_vector(h) for _, h in inp.experts]
+
+    tested: list[int] = []
+    for (particle, digest), vector in zip(inp.experts, vectors, strict=True):
+        if particle in inp.expert_tests_done:
+            continue
+        say(f"expert {particle} on test")
+        started = utcnow()
+        result = scorer.score(vector, "test")
+        _record_expert_test(db, search_id, particle, digest, result, book.worker, started)
+        tested.append(particle)
+
+    written: list[str] = []
+    unavailable: list[str] = []
+    for baseline in todo:
+        name = names[baseline]
+        if baseline == "uniform_soup":
+            _uniform_soup(book, inp, vectors)
+        elif baseline in MERGES:
+            try:
+                _merge(book, inp, vectors, baseline, density)
+            except (ModelError, LayoutError) as err:
+                unavailable.append(f"{baseline}: {err}")
+                continue
+        elif baseline == "greedy_soup":
+            _greedy(book, inp, vectors)
+        elif baseline == "lorahub":
+            _lorahub(book, inp, vectors, lorahub_budget or inp.dev_evaluations)
+        else:
+            _ensemble(book, inp, top_k, members)
+        written += [f"{name}/dev", f"{name}/test"]
+    skipped = [f"{names[b]}/{sp}" for b in wanted if b not in todo for sp in ("dev", "test")]
+    return BaselineRun(tuple(tested), tuple(written), tuple(skipped), tuple(unavailable))

@@ -7,12 +7,12 @@ plain tuples and go straight into ``[iteration, particle]`` numpy arrays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from swarmq.config import SearchConfig
 from swarmq.engine._common import config_of, params_of, search_in_txn
@@ -23,6 +23,7 @@ from swarmq.storage import (
     EvaluationRow,
     IterationRow,
     ParticleStateRow,
+    decode_item_scores,
 )
 from swarmq.swarm import SwarmParams
 
@@ -85,12 +86,18 @@ class EvaluationTiming:
 
 @dataclass(frozen=True)
 class BaselineScore:
-    """A persisted baseline score (see :func:`swarmq.reporting.compute_baselines`)."""
+    """A persisted baseline result (see :func:`swarmq.reporting.compute_baselines`).
+
+    ``trials`` counts the candidates the baseline evaluated on dev while choosing;
+    ``item_scores`` are the result's per-item scores (``None`` when the utility gives none).
+    """
 
     name: str
     split: str
     utility: float
     metrics: dict[str, Any]
+    trials: int = 0
+    item_scores: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,8 @@ class SearchRecord:
     #: Finished test evaluations: ``(iteration, particle) -> utility``.
     tests: dict[tuple[int, int], float]
     baselines: tuple[BaselineScore, ...]
+    #: Per-item scores of the finished test evaluations that have them.
+    test_items: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     @property
     def n_iterations(self) -> int:
@@ -189,16 +198,53 @@ def load_record(db: Database, search_id: str) -> SearchRecord:
                 EvaluationRow.utility,
             ).where(EvaluationRow.search_id == search_id, EvaluationRow.status == "done")
         ).all()
-        baselines = tuple(
-            BaselineScore(name, split, float(utility), dict(metrics or {}))
-            for name, split, utility, metrics in s.execute(
-                select(
-                    BaselineRow.name, BaselineRow.split, BaselineRow.utility, BaselineRow.metrics
+        trials = dict(
+            s.execute(
+                select(BaselineRow.name, func.count())
+                .where(
+                    BaselineRow.search_id == search_id,
+                    BaselineRow.split == "dev",
+                    BaselineRow.trial > 0,
                 )
-                .where(BaselineRow.search_id == search_id)
+                .group_by(BaselineRow.name)
+            ).all()
+        )
+        baselines = tuple(
+            BaselineScore(
+                name,
+                split,
+                float(utility),
+                dict(metrics or {}),
+                int(trials.get(name, 0)),
+                None if items is None else decode_item_scores(items),
+            )
+            for name, split, utility, metrics, items in s.execute(
+                select(
+                    BaselineRow.name,
+                    BaselineRow.split,
+                    BaselineRow.utility,
+                    BaselineRow.metrics,
+                    BaselineRow.item_scores,
+                )
+                .where(BaselineRow.search_id == search_id, BaselineRow.trial == 0)
                 .order_by(BaselineRow.name, BaselineRow.split)
             ).all()
         )
+        # Test evaluations are few (the experts, the global best): their item scores are read
+        # for the paired intervals; the many dev evaluations' are not.
+        test_items = {
+            (int(it), int(p)): decode_item_scores(items or b"")
+            for it, p, items in s.execute(
+                select(
+                    EvaluationRow.iteration, EvaluationRow.particle, EvaluationRow.item_scores
+                ).where(
+                    EvaluationRow.search_id == search_id,
+                    EvaluationRow.split == "test",
+                    EvaluationRow.status == "done",
+                    EvaluationRow.item_scores.is_not(None),
+                )
+            ).all()
+        }
         header = (
             search.id,
             search.name,
@@ -272,6 +318,7 @@ def load_record(db: Database, search_id: str) -> SearchRecord:
         timings=tuple(timings),
         tests=tests,
         baselines=baselines,
+        test_items=test_items,
     )
 
 

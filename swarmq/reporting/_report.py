@@ -74,23 +74,44 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int] | None =
 def _results(rec: SearchRecord, rows: list[ResultRow]) -> str:
     if not rows:
         return "<p>No iteration has been evaluated yet.</p>"
+    intervals = [r.interval for r in rows if r.interval is not None]
+    headers = ["", "dev", "test"]
+    if intervals:
+        headers.append("global best − row, test [95 % CI]")
     out = _table(
-        ["", "dev", "test"],
+        headers,
         [
             [
                 _esc(r.label) if r.kind == "search" else f"<i>baseline:</i> {_esc(r.label)}",
                 _fmt(r.dev),
                 _fmt(r.test),
             ]
+            + ([] if not intervals else ["" if r.interval is None else _esc(r.interval.describe())])
             for r in rows
         ],
-        numeric={1, 2},
+        numeric={1, 2, 3},
     )
     notes = []
+    if intervals:
+        first = intervals[0]
+        notes.append(
+            f"Intervals: paired bootstrap over the {first.n} test items (the same resampled "
+            f"items for both models), {first.resamples:,} resamples, seed {first.seed}, 2.5 and "
+            "97.5 percentiles of the resampled difference of mean item scores, from the "
+            "per-item scores recorded with every evaluation. An interval above 0 says the "
+            "global best is better on test."
+            + (
+                " For multitask objectives the item scores are each item's score in its own "
+                "task, so the difference is of their mean, not of the harmonic mean."
+                if rec.config.objective.utility == "multitask"
+                else ""
+            )
+        )
     if not rec.baselines:
         notes.append(
-            "Baselines (every expert on test, uniform soup, top-k ensemble) are not computed "
-            f"yet: run <code>swarmq baselines {_esc(rec.id)}</code>, then the report again."
+            "Baselines (every expert on test, soups, peft merges, LoraHub, top-k ensemble) are "
+            f"not computed yet: run <code>swarmq baselines {_esc(rec.id)}</code>, then the "
+            "report again."
         )
     if rec.status != "completed":
         notes.append(
@@ -108,6 +129,17 @@ def _results(rec: SearchRecord, rows: list[ResultRow]) -> str:
             f"{_esc(b.name)}: members by rank: {_esc(listed)}. Tie-break: "
             f"{_esc(b.metrics.get('tie_break', ''))}."
         )
+    for b in rec.baselines:
+        if b.split != "test":
+            continue
+        if b.name == "greedy_soup":
+            notes.append(
+                "greedy soup: experts added in order of dev utility while dev did not drop; "
+                f"kept {_esc(', '.join(map(str, b.metrics.get('ingredient_names', []))))}."
+            )
+        elif b.name == "lorahub":
+            weights = ", ".join(f"{w:+.3f}" for w in b.metrics.get("weights", []))
+            notes.append(f"LoraHub: chosen expert weights (experts by name) [{_esc(weights)}].")
     return out + "".join(f'<p class="note">{n}</p>' for n in notes)
 
 
@@ -252,7 +284,17 @@ def _summary(rec: SearchRecord, rows: list[ResultRow]) -> dict[str, Any]:
         "particles": rec.n_particles,
         "experts": rec.n_experts,
         "iterations": len(rec.applied),
-        "results": [{"label": r.label, "kind": r.kind, "dev": r.dev, "test": r.test} for r in rows],
+        "results": [
+            {
+                "label": r.label,
+                "kind": r.kind,
+                "key": r.key,
+                "dev": r.dev,
+                "test": r.test,
+                "global_best_minus_row_test": None if r.interval is None else r.interval.as_dict(),
+            }
+            for r in rows
+        ],
         "global_best": [it.best_utility for it in rec.applied],
         "global_worst": [it.worst_utility for it in rec.applied],
         "step_length": [it.step_length for it in rec.iterations],

@@ -13,6 +13,7 @@ from swarmq.storage._models import (
     SearchRow,
     utcnow,
 )
+from swarmq.storage._scores import decode_item_scores, encode_item_scores
 
 __all__ = [
     "Artifact",
@@ -26,6 +27,8 @@ __all__ = [
     "ParticleRow",
     "ParticleStateRow",
     "SearchRow",
+    "decode_item_scores",
+    "encode_item_scores",
     "encode_vector",
     "hash_bytes",
     "migrations_dir",

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -51,9 +52,17 @@ class Base(DeclarativeBase):
 
 
 class SearchRow(Base):
-    """One search: its frozen configuration, weight-space layout and status."""
+    """One search: its frozen configuration, weight-space layout and status.
+
+    ``group_id`` ties the searches of one search file run over several seeds (``swarmq run
+    --seeds``); a group holds one search per seed (a unique constraint), so that a rerun of the
+    command continues the group instead of starting its seeds again.
+    """
 
     __tablename__ = "searches"
+    # A unique index, not a table constraint: SQLite adds an index in place, whereas a new
+    # constraint would rebuild the table (and cascade-delete every child row on the way).
+    __table_args__ = (Index("uq_search_group_seed", "group_id", "seed", unique=True),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -71,6 +80,7 @@ class SearchRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None]
+    group_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class ParticleRow(Base):
@@ -179,6 +189,8 @@ class EvaluationRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # When a message for it was last sent again (resume, reconciler, retry); None: at creation.
     dispatched_at: Mapped[datetime | None]
+    # One score per example (swarmq.storage.encode_item_scores); deferred: loaded only when read.
+    item_scores: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
 
 
 class Artifact(Base):
@@ -193,20 +205,27 @@ class Artifact(Base):
 
 
 class BaselineRow(Base):
-    """A score of the final table that is no particle's position: the uniform soup of the
-    experts or a top-k ensemble of personal bests, on one split (``swarmq baselines``).
+    """One evaluation of a baseline of the final table (``swarmq baselines``): a position that
+    is no particle's (a soup, a merge, a LoraHub combination) or a top-k ensemble, on one split.
 
-    ``position_hash`` is the evaluated position when there is one (the soup); ``metrics`` says
-    how the score was reached (members, tie-break, per-example answers of an ensemble).
+    ``trial`` 0 is the baseline's result on that split, the score the final table shows.
+    Baselines that choose on dev (greedy soup, the merges' scale, LoraHub) also record every
+    candidate they evaluated on dev as trials 1, 2, ...; their dev result (trial 0) repeats the
+    chosen trial's evaluation, named in ``metrics["chosen_trial"]``.
+
+    ``position_hash`` is the evaluated position when there is one; ``metrics`` says how the
+    score was reached (weights, ingredients, members, tie-break, per-example answers of an
+    ensemble); ``item_scores`` holds one score per example, as on ``evaluations``.
     """
 
     __tablename__ = "baselines"
-    __table_args__ = (UniqueConstraint("search_id", "name", "split", name="uq_baseline"),)
+    __table_args__ = (UniqueConstraint("search_id", "name", "split", "trial", name="uq_baseline"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(64))  # uniform_soup | ensemble_top<k>
+    name: Mapped[str] = mapped_column(String(64))  # uniform_soup | greedy_soup | ties | ...
     split: Mapped[str] = mapped_column(String(8))  # dev | test
+    trial: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     utility: Mapped[float] = mapped_column(Float)
     position_hash: Mapped[str | None] = mapped_column(String(64))
     metrics: Mapped[dict[str, Any] | None]
@@ -214,3 +233,4 @@ class BaselineRow(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    item_scores: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
