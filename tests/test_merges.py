@@ -12,16 +12,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
-
-from swarmq.config import parse_config  # noqa: E402
-from swarmq.errors import ModelError, UtilityError  # noqa: E402
-from swarmq.modeling import Evaluator  # noqa: E402
-from swarmq.modeling._merge import merge_task_vectors, read_base_tensors  # noqa: E402
-from swarmq.objectives import MultipleChoice, UtilityResult  # noqa: E402
-from swarmq.weights import Layout, load_pool  # noqa: E402
+from swarmq.config import parse_config
+from swarmq.errors import ModelError, UtilityError
+from swarmq.modeling import Evaluator
+from swarmq.modeling._merge import merge_task_vectors, read_base_tensors
+from swarmq.objectives import MultipleChoice, UtilityResult
+from swarmq.weights import Layout, load_pool
 
 
 @pytest.fixture(scope="module")
