@@ -195,7 +195,7 @@ def _run_seeds(
     top_k: int,
     quiet: bool,
 ) -> None:
-    from swarmq.cli._output import spread_table
+    from swarmq.cli._output import print_wide, spread_table
     from swarmq.engine import group_members, seed_group_id, with_seed
     from swarmq.reporting import seed_summary
 
@@ -228,7 +228,7 @@ def _run_seeds(
 
             run_baselines(db, runner.runtime.store, search_id, top_k)
         ids.append(search_id)
-    console.print(spread_table(seed_summary(db, ids), seeds))
+    print_wide(spread_table(seed_summary(db, ids), seeds))
 
 
 @main.command()

@@ -21,6 +21,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def print_wide(table: Table, width: int = 120) -> None:
+    """Print a table on standard output at least ``width`` columns wide: the final tables'
+    labels and intervals would otherwise wrap into unreadable cells on an 80-column terminal
+    or a pipe (which rich treats as 80 columns)."""
+    Console(width=max(console.width, width)).print(table)
+
+
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 

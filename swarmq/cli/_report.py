@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 
 from swarmq.cli._commands import main
-from swarmq.cli._output import console, err_console, fmt
+from swarmq.cli._output import console, err_console, fmt, print_wide
 from swarmq.settings import Settings
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def baselines(
 
     db, store = _open(settings)
     run_baselines(db, store, search_id, top_k, force, _only(only), density)
-    console.print(_result_table(result_rows(load_record(db, search_id))))
+    print_wide(_result_table(result_rows(load_record(db, search_id))))
 
 
 @main.command()
