@@ -195,6 +195,8 @@ def test_every_baseline_is_recorded_checked_and_shown(
     again = compute_baselines(db, store, sid, top_k=3, scorer=scorer)
     assert again.baselines == () and len(again.skipped) == 2 * len(ALL)
     assert [c for c in scorer.calls if c[0] == "score"] == []
+    # Nor is the model loaded then (this search's base model, "unused", does not exist).
+    assert compute_baselines(db, store, sid, top_k=3).baselines == ()
 
 
 def test_an_interrupted_baseline_replays_what_was_recorded(

@@ -397,10 +397,18 @@ class _Book:
     db: Database
     store: ArtifactStore
     search_id: str
-    scorer: Scorer
+    make_scorer: Callable[[], Scorer]
     worker: str
     say: Callable[[str], None]
     rows: dict[tuple[str, str, int], _Recorded] = field(default_factory=dict)
+    _scorer: Scorer | None = None
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scorer, made on first use: a rerun with everything recorded loads no model."""
+        if self._scorer is None:
+            self._scorer = self.make_scorer()
+        return self._scorer
 
     @classmethod
     def open(cls, db: Database, store: ArtifactStore, search_id: str, **kw: Any) -> _Book:
@@ -714,7 +722,8 @@ def compute_baselines(
     ``lorahub_budget`` overrides LoraHub's number of dev evaluations (default: as many as the
     swarm made). A merge the pool does not allow (e.g. DoRA adapters) is reported in
     ``unavailable``, not raised. ``scorer`` defaults to the search's base model and objective
-    (:class:`ModelScorer`); tests pass a closed-form one.
+    (:class:`ModelScorer`, loaded only when something is to be evaluated); tests pass a
+    closed-form one.
     """
     say = progress or (lambda _msg: None)
     wanted = _wanted(only)
@@ -733,18 +742,23 @@ def compute_baselines(
     members = rank_personal_bests(inp.bests, top_k)
     ensemble = f"ensemble_top{len(members)}"
     names = {b: (ensemble if b == "ensemble" else b) for b in wanted}
-    if scorer is None:
-        scorer = ModelScorer(
+
+    def make_scorer() -> Scorer:
+        if scorer is not None:
+            return scorer
+        return ModelScorer(
             config_of(inp.config_json),
             adapter_config_of(inp.adapter_json),
             layout_of(inp.layout_json),
         )
-    book = _Book.open(db, store, search_id, scorer=scorer, worker=worker_name(), say=say)
+
+    book = _Book.open(db, store, search_id, make_scorer=make_scorer, worker=worker_name(), say=say)
     if force:
         book.forget(names.values())
     todo = [b for b in wanted if not book.complete(names[b])]
     if "ensemble" in todo:
-        scorer.check_ensemble()  # before any evaluation: fail fast on e.g. a reward utility
+        # Before any evaluation: fail fast on e.g. a reward utility.
+        book.scorer.check_ensemble()
     vectors = [store.get_vector(h) for _, h in inp.experts]
 
     tested: list[int] = []
@@ -753,7 +767,7 @@ def compute_baselines(
             continue
         say(f"expert {particle} on test")
         started = utcnow()
-        result = scorer.score(vector, "test")
+        result = book.scorer.score(vector, "test")
         _record_expert_test(db, search_id, particle, digest, result, book.worker, started)
         tested.append(particle)
 
