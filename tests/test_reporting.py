@@ -475,29 +475,3 @@ def test_cli_baselines_report_and_exports(
     )
     assert refused.exit_code == 2 and "not empty" in refused.output
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
-
-
-# ------------------------------------------------------------------------------- migration
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_baselines_table_migration(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    from sqlalchemy import inspect
-
-    from swarmq.errors import StorageError
-
-    url = (
-        f"sqlite:///{tmp_path / 'db.sqlite'}"
-        if backend == "sqlite"
-        else str(request.getfixturevalue("postgres_url"))
-    )
-    db = Database(url)
-    db.upgrade("0001")  # a database made before the baselines table existed
-    assert "baselines" not in inspect(db.engine).get_table_names()
-    with pytest.raises(StorageError, match="swarmq db upgrade"):
-        db.check_schema(create=True)
-    db.upgrade()
-    assert "baselines" in inspect(db.engine).get_table_names()
-    db.check_schema()

@@ -13,8 +13,8 @@ The points: ``coordinate.started`` (before the coordination's transaction),
 
 from __future__ import annotations
 
-import importlib
 import os
+import pkgutil
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -28,9 +28,8 @@ FAULT_HOOK_ENV = "SWARMQ_FAULT_HOOK"
 
 @lru_cache(maxsize=4)
 def _hook(spec: str) -> Callable[..., Any]:
-    module, _, name = spec.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), name)
+        fn = pkgutil.resolve_name(spec)
     except (ImportError, AttributeError, ValueError) as err:
         raise ConfigError(f"{FAULT_HOOK_ENV}={spec!r} cannot be imported: {err}") from None
     if not callable(fn):

@@ -6,7 +6,7 @@ automatic retries; ``swarmq resume`` is the retry).
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -54,8 +54,8 @@ def import_evaluate(path: str) -> Callable[..., Any]:
     if not module or not name:
         raise ConfigError(f"evaluate hook {path!r} is not of the form module:function")
     try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
+        fn = pkgutil.resolve_name(path)
+    except (ImportError, AttributeError, ValueError) as err:
         raise ConfigError(f"cannot import evaluate hook {path!r}: {err}") from None
     if not callable(fn):
         raise ConfigError(f"evaluate hook {path!r} is not callable")
