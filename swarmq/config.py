@@ -39,7 +39,9 @@ __all__ = [
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinity (TOML's `nan`, `inf`) are refused in every number: a step length of inf
+    # turns every position into NaN after the first update.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class SearchSection(_Frozen):

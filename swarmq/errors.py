@@ -41,3 +41,7 @@ class UtilityError(SwarmqError):
 
 class ModelError(SwarmqError):
     """A base model or adapter cannot be loaded."""
+
+
+class NumericError(SwarmqError):
+    """A weight, a swarm parameter or a computed position or velocity is not finite."""

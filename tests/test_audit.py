@@ -22,11 +22,13 @@ from sqlalchemy.orm.attributes import flag_modified
 from swarmq.cli import main
 from swarmq.config import SearchConfig
 from swarmq.engine import coordinate_iteration, create_search, run_evaluation
+from swarmq.engine._common import put_vectors_in_txn
 from swarmq.execution import EmbeddedRunner
 from swarmq.reporting import AuditResult, audit_search
 from swarmq.settings import Settings
 from swarmq.storage import (
     Database,
+    EvaluationRow,
     IterationRow,
     LocalArtifactStore,
     ParticleStateRow,
@@ -297,3 +299,36 @@ def test_cli_audit_exit_status(copy: tuple[Database, LocalArtifactStore, str]) -
     assert as_json.exit_code == 1
     out = json.loads(as_json.output)
     assert out["ok"] is False and out["mismatches"][0]["iteration"] == 2
+
+
+def test_non_finite_recorded_vector_fails_the_audit(tmp_path: Path) -> None:
+    # An expert's recorded position replaced by one holding NaN, every reference to it made
+    # consistent (a record from before experts were checked, or a forged one): recomputing
+    # the record reproduces the NaN bit for bit, so only a check of the values can see it.
+    pool = make_pool(tmp_path / "pool")
+    runner = EmbeddedRunner(
+        Settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art"), evaluate=distance_utility
+    )
+    cfg = config(pool, particles=4, max_iterations=0, initial_velocity="zero", dropout_n=0.0)
+    rt = runner.runtime
+    sid = create_search(rt, cfg, check_objective=False)
+    runner.drive(sid)
+    assert audit_search(rt.db, rt.store, sid).ok
+    with rt.db.session() as s:
+        st = s.get(ParticleStateRow, (sid, 0, 1))
+        assert st is not None
+        old = st.position_hash
+        vector = rt.store.get_vector(old).copy()
+        vector[:6] = np.nan
+        new = put_vectors_in_txn(s, rt.store, [("position", vector)])[0]
+        st.position_hash = st.best_hash = new
+        for ev in s.scalars(select(EvaluationRow).where(EvaluationRow.search_id == sid)):
+            if ev.position_hash == old:
+                ev.position_hash = new
+        it = s.get(IterationRow, (sid, 0))
+        assert it is not None
+        it.best_hash = new if it.best_hash == old else it.best_hash
+        it.worst_hash = new if it.worst_hash == old else it.worst_hash
+    result = audit_search(rt.db, rt.store, sid)
+    assert "iteration 0, particle 1, position " in first(result)
+    assert "expected finite numbers, recorded 6 of 18 not finite (the first nan" in first(result)

@@ -74,6 +74,9 @@ def test_round_trip_through_json(tmp_path: Path) -> None:
         ("[swarm]\ninertai = 0.3\n", "swarm.inertai: unknown field"),
         ("[search]\nparticles = 1\n", "search.particles = 1"),
         ("[search]\nseed = -3\n", "search.seed = -3"),
+        ("[swarm]\nstep_length = inf\n", "swarm.step_length = inf: Input should be a finite"),
+        ("[swarm]\ninertia = nan\n", "swarm.inertia = nan: Input should be a finite"),
+        ("[swarm]\nrestart_patience = inf\n", "swarm.restart_patience = inf"),
         (
             "[objective.options]\n[swarm]\ninertia=0\ncognitive=0\nsocial=0\nrepel=0\n",
             "divide by zero",

@@ -24,7 +24,7 @@ from swarmq.engine import (
     search_summary,
     utility_histories,
 )
-from swarmq.errors import ArtifactError, LayoutError, NotFoundError, UtilityError
+from swarmq.errors import ArtifactError, LayoutError, NotFoundError, NumericError, UtilityError
 from swarmq.execution import EmbeddedRunner
 from swarmq.settings import Settings
 from swarmq.storage import EvaluationRow, IterationRow, ParticleStateRow
@@ -207,6 +207,45 @@ def test_mismatched_experts_are_refused(tmp_path: Path, pool: Path) -> None:
         runner.runtime.db.engine.connect().exec_driver_sql("select count(*) from searches").scalar()
         == 0
     )
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -3e38], ids=["nan", "inf", "3e38"])
+def test_non_finite_or_overflowing_expert_weights_are_refused(
+    tmp_path: Path, pool: Path, value: float
+) -> None:
+    # 3e38 is finite but overflows float32 in the first update; all three would make every
+    # position NaN after one iteration, and every utility of the search meaningless.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in sorted(pool.glob("*.safetensors")):
+        (bad / f.name).write_bytes(f.read_bytes())
+    b = np.zeros((3, 4), np.float32)
+    b[1, 2] = value
+    save_file({"a.weight": np.ones(6, np.float32), "b.weight": b}, str(bad / "e2.safetensors"))
+    runner = EmbeddedRunner(Settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art"))
+    with pytest.raises(LayoutError, match=r"tensor 'b\.weight' of expert 'e2'.*index \[1, 2\]"):
+        create_search(runner.runtime, config(bad), check_objective=False)
+    assert (
+        runner.runtime.db.engine.connect().exec_driver_sql("select count(*) from searches").scalar()
+        == 0
+    )
+
+
+def test_an_overflowing_update_fails_the_search_naming_particle_and_iteration(
+    tmp_path: Path, pool: Path
+) -> None:
+    # A step length finite in the file (a double) but beyond float32 overflows the first update.
+    runner = EmbeddedRunner(
+        Settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art"), evaluate=distance_utility
+    )
+    sid = create_search(runner.runtime, config(pool, step_length=1e39), check_objective=False)
+    with pytest.raises(NumericError, match="particle 0 producing iteration 1"):
+        runner.drive(sid)
+    s = search_summary(runner.runtime.db, sid)
+    assert s.status == "failed" and s.iteration == 0
+    assert "particle 0 producing iteration 1 gave a non-finite position" in (s.stop_reason or "")
+    with runner.runtime.db.session() as sess:  # nothing of iteration 1 was recorded
+        assert sess.get(IterationRow, (sid, 1)) is None
 
 
 def test_unknown_search_is_named(tmp_path: Path) -> None:

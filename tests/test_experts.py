@@ -434,6 +434,21 @@ def test_non_finite_weights_are_named(pool: Path) -> None:
     assert "non-finite" in out.output and "not usable" in out.output
 
 
+def test_overflowing_weights_are_named(pool: Path) -> None:
+    from safetensors.numpy import save_file
+
+    # Finite, but the first swarm update would overflow float32 to infinity.
+    tensors = _tensors(pool / "expert_2")
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key].copy()
+    tensors[key].flat[0] = 3e38
+    save_file(tensors, str(pool / "expert_2" / "adapter_model.safetensors"))
+    result = check_pool(pool)
+    assert len(result.problems) == 1
+    assert f"tensor {key!r} of expert 'expert_2'" in result.problems[0]
+    assert "above 1.84e+19 in magnitude" in result.problems[0]
+
+
 def test_a_base_the_adapters_do_not_fit(
     tiny_world: dict[str, Path], pool: Path, tmp_path: Path
 ) -> None:

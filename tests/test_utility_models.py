@@ -377,6 +377,13 @@ def test_reward_model_missing_folder(
         ev.evaluate(world["layout"], world["vectors"][0])
 
 
+def test_reward_model_without_a_classification_head_is_refused(world: dict[str, Any]) -> None:
+    # A causal LM loads as a classifier with a randomly initialised score head: two loads would
+    # give two different rewards for the same text. It is refused, naming the missing head.
+    with pytest.raises(ModelError, match=r"not a sequence-classification checkpoint.*score"):
+        load_classifier_reward(str(world["base"]), "float32", "cpu")
+
+
 # ---------------------------------------------------------------------------- human interest
 
 

@@ -26,7 +26,7 @@ from swarmq.engine._common import (
 )
 from swarmq.engine._faults import fault_point
 from swarmq.engine._runtime import Runtime
-from swarmq.errors import NotFoundError, StorageError, SwarmqError
+from swarmq.errors import NotFoundError, NumericError, StorageError, SwarmqError
 from swarmq.storage import EvaluationRow, IterationRow, ParticleStateRow, utcnow
 from swarmq.swarm import (
     Best,
@@ -299,6 +299,7 @@ def _create_next(
             factors = draw_factors(seed, nxt, i, params.random_weights)
             coefficients = update_coefficients(factors, params)
             new_x, new_v = apply_update(x, v, p, g, g_worst, coefficients, step)
+            _require_finite_update(new_x, new_v, i, nxt, step)
             for vec in (new_x, new_v):
                 while len(pending) >= window:
                     pending.popleft().result()
@@ -350,6 +351,28 @@ def _create_next(
                 utility=st.utility if skip else None,
                 attempts=0,
             )
+        )
+
+
+def _require_finite_update(
+    new_x: np.ndarray, new_v: np.ndarray, particle: int, iteration: int, step: float
+) -> None:
+    """Refuse an update whose position or velocity holds NaN or infinity.
+
+    A single non-finite value turns every later position into NaN; the utilities of such
+    positions are meaningless, and a search that went on would report them as results.
+    """
+    for what, vector in (("position", new_x), ("velocity", new_v)):
+        finite = np.isfinite(vector)
+        if finite.all():
+            continue
+        count = int(vector.size - np.count_nonzero(finite))
+        first = int(np.argmin(finite))
+        raise NumericError(
+            f"the update of particle {particle} producing iteration {iteration} gave a "
+            f"non-finite {what} ({count} of {vector.size} values, the first {vector[first]!r} "
+            f"at index {first}; step length {step!r}): the weights overflow float32; lower "
+            "[swarm] step_length, or check the experts with `swarmq experts check`"
         )
 
 

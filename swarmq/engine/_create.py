@@ -6,10 +6,12 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+
 from swarmq.config import SearchConfig
 from swarmq.engine._common import new_search_id, params_of, put_vectors_in_txn
 from swarmq.engine._runtime import Runtime
-from swarmq.errors import ConfigError
+from swarmq.errors import ConfigError, NumericError
 from swarmq.storage import EvaluationRow, IterationRow, ParticleRow, ParticleStateRow, SearchRow
 from swarmq.swarm import expand_population, initial_velocity
 from swarmq.weights import load_pool
@@ -71,6 +73,19 @@ def create_search(
         velocities = [
             initial_velocity(params.initial_velocity, positions, i, seed) for i in range(n)
         ]
+    # The experts' weights are bounded (load_pool), but chains of extrapolating crossovers
+    # multiply them: refuse a population that already overflows before recording it.
+    for i in range(n):
+        starting = [("position", positions[i])]
+        if velocities is not None:
+            starting.append(("velocity", velocities[i]))
+        for what, vector in starting:
+            if not np.isfinite(vector).all():
+                raise NumericError(
+                    f"the starting {what} of particle {i} is not finite; the experts' weights "
+                    f"are too large for {n} particles made by crossover: lower "
+                    "search.particles or rescale the experts"
+                )
 
     search_id = new_search_id()
     with rt.db.session() as s:

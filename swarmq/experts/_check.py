@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from swarmq.errors import LayoutError, ModelError
-from swarmq.weights import Layout, discover_experts, read_expert
+from swarmq.weights import Layout, check_weights, discover_experts, read_expert
 from swarmq.weights._io import ADAPTER_CONFIG, CONFIG_FIELDS, _read_json
 
 __all__ = ["ExpertRow", "PoolCheck", "check_pool", "same_base"]
@@ -137,6 +137,11 @@ def check_pool(
                 + (f" ({bad} in all its tensors)" if bad > first_count else "")
                 + "; a search cannot move a particle from NaN or infinite weights: retrain it"
             )
+        else:
+            try:
+                check_weights(tensors, f"expert {expert.name!r} ({expert.path})")
+            except LayoutError as err:
+                problems.append(str(err))
         flat = layout.flatten(tensors)
         layouts[expert.name] = layout
         vectors[expert.name] = flat

@@ -167,9 +167,9 @@ def check_item_scores(scores: Any) -> tuple[float, ...]:
 
 
 class UtilityOptions(BaseModel):
-    """Base of every utility's ``Options``: frozen, and unknown options are refused."""
+    """Base of every utility's ``Options``: frozen, unknown options and NaN/inf refused."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 _BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))

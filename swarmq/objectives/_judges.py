@@ -228,16 +228,30 @@ def load_classifier_reward(path: str, dtype: Dtype, device: str) -> ClassifierRe
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model, info = AutoModelForSequenceClassification.from_pretrained(
                 path,
                 dtype=torch_dtype(dtype),
                 use_safetensors=True,
+                output_loading_info=True,
             )
         except Exception as err:  # any loader failure becomes one clear message
             raise ModelError(
                 f"cannot load reward model {path!r} as a sequence classifier "
                 f"(AutoModelForSequenceClassification): {type(err).__name__}: {err}"
             ) from err
+        # A checkpoint without a classification head (a causal LM, a bare encoder) loads with
+        # a freshly, randomly initialised one: its "rewards" would be noise, different on
+        # every load. Every weight must come from the checkpoint.
+        missing = sorted(info.get("missing_keys") or ())
+        if missing:
+            shown = ", ".join(missing[:4]) + (
+                f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+            )
+            raise ModelError(
+                f"reward model {path!r} is not a sequence-classification checkpoint: its "
+                f"weights lack {shown}, which would be initialised at random; give a folder "
+                "saved from AutoModelForSequenceClassification (a trained reward model)"
+            )
         tokenizer.padding_side = "right"
         if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -186,6 +186,8 @@ class _Vectors:
         self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.size = 0
         self.verified: set[str] = set()
+        # Hashes whose values were checked for NaN and infinity (each is reported once).
+        self.finite_checked: set[str] = set()
         self.reads = 0
         self.bytes = 0
         self._headers: dict[int, bytes] = {}
@@ -529,15 +531,21 @@ def _check_baselines(
 
     def read(what: str, digest: str) -> np.ndarray | None:
         try:
-            return vectors.get(digest)
+            vector = vectors.get(digest)
         except ArtifactError as err:
             found.add(None, None, f"{what} {digest}", "content hashing to its name", err)
             return None
+        _check_finite(found, vectors, None, None, what, digest, vector)
+        return vector
 
     def compare(what: str, vector: np.ndarray, recorded: str | None) -> None:
         digest, problem = vectors.confirm(recorded, vector)
-        if found.check(None, None, what, digest, recorded) and problem is not None:
+        if not found.check(None, None, what, digest, recorded):
+            return
+        if problem is not None:
             found.add(None, None, f"{what} {recorded}", "content hashing to its name", problem)
+            return
+        _check_finite(found, vectors, None, None, what, digest, vector)
 
     experts: list[np.ndarray | None] = []
     expert_dev: dict[int, float] = {}
@@ -608,6 +616,35 @@ def _check_structure(
             )
 
 
+def _check_finite(
+    found: _Findings,
+    vectors: _Vectors,
+    t: int | None,
+    particle: int | None,
+    what: str,
+    digest: str,
+    vector: np.ndarray,
+) -> None:
+    """A recorded vector holding NaN or infinity is a mismatch, even when recomputing it gives
+    the same NaNs: no utility measured at such a position means anything."""
+    if digest in vectors.finite_checked:
+        return
+    vectors.finite_checked.add(digest)
+    finite = np.isfinite(vector)
+    if finite.all():
+        return
+    first = int(np.argmin(finite))
+    count = int(vector.size - np.count_nonzero(finite))
+    found.add(
+        t,
+        particle,
+        f"{what} {digest} values",
+        "finite numbers",
+        f"{count} of {vector.size} not finite "
+        f"(the first {float(vector[first])!r} at index {first})",
+    )
+
+
 def _read(
     found: _Findings, vectors: _Vectors, t: int, particle: int, what: str, digest: str | None
 ) -> np.ndarray | None:
@@ -615,10 +652,12 @@ def _read(
         found.add(t, particle, f"artifact {what}", "a hash", "none")
         return None
     try:
-        return vectors.get(digest)
+        vector = vectors.get(digest)
     except ArtifactError as err:
         found.add(t, particle, f"artifact {what} {digest}", "content hashing to its name", err)
         return None
+    _check_finite(found, vectors, t, particle, what, digest, vector)
+    return vector
 
 
 def _compare_output(
@@ -637,6 +676,8 @@ def _compare_output(
         found.add(
             t, particle, f"artifact {what} {recorded}", "content hashing to its name", problem
         )
+        return
+    _check_finite(found, vectors, t, particle, what, digest, vector)
 
 
 def _check_initial(

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from swarmq.weights._export import export_adapter, state_dict_from_vector
-from swarmq.weights._io import Expert, Pool, discover_experts, load_pool, read_expert
+from swarmq.weights._io import (
+    MAX_WEIGHT,
+    Expert,
+    Pool,
+    check_weights,
+    discover_experts,
+    load_pool,
+    read_expert,
+)
 from swarmq.weights._layout import Layout, TensorSpec
 
 __all__ = [
+    "MAX_WEIGHT",
     "Expert",
     "Layout",
     "Pool",
     "TensorSpec",
+    "check_weights",
     "discover_experts",
     "export_adapter",
     "load_pool",

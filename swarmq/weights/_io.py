@@ -17,7 +17,16 @@ import numpy as np
 from swarmq.errors import LayoutError
 from swarmq.weights._layout import DTYPE_SIZES, Layout
 
-__all__ = ["CONFIG_FIELDS", "Expert", "Pool", "discover_experts", "load_pool", "read_expert"]
+__all__ = [
+    "CONFIG_FIELDS",
+    "MAX_WEIGHT",
+    "Expert",
+    "Pool",
+    "check_weights",
+    "discover_experts",
+    "load_pool",
+    "read_expert",
+]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -37,6 +46,12 @@ CONFIG_FIELDS = (
     "modules_to_save",
     "task_type",
 )
+
+#: The largest weight magnitude accepted: the square root of float32's maximum (about 1.8e19),
+#: so that the product of two weights, and the sums of the swarm update, stay finite. Larger
+#: values (3e38, say) are finite when read but overflow to infinity in the first update, after
+#: which every position is NaN and every utility meaningless.
+MAX_WEIGHT = float(np.sqrt(np.finfo(np.float32).max))
 
 _PICKLED_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 _ACCEPTED = (
@@ -195,6 +210,29 @@ def read_expert(expert: Expert) -> tuple[Layout, dict[str, np.ndarray]]:
     return layout, tensors
 
 
+def check_weights(tensors: dict[str, np.ndarray], owner: str) -> None:
+    """Refuse NaN, infinite, or overflowing (above :data:`MAX_WEIGHT`) weights, naming the first.
+
+    ``owner`` says whose tensors they are (an expert and its file).
+    """
+    for key in sorted(tensors):
+        values = np.asarray(tensors[key])
+        finite = np.isfinite(values)
+        big = np.abs(np.where(finite, values, 0)) > MAX_WEIGHT
+        bad = ~finite | big
+        if not bad.any():
+            continue
+        index = tuple(int(k) for k in np.argwhere(bad)[0])
+        value = float(values[index])
+        count = int(bad.sum())
+        what = "not finite" if not np.isfinite(value) else f"above {MAX_WEIGHT:.3g} in magnitude"
+        raise LayoutError(
+            f"tensor {key!r} of {owner} holds {count} value(s) that are {what} (the first, "
+            f"{value!r}, at index {list(index)}); a swarm update would turn every position into "
+            "NaN: fix or retrain the expert, or remove it from the pool"
+        )
+
+
 def _canonical(value: Any) -> Any:
     # target_modules / modules_to_save order carries no meaning; peft may save either order.
     if isinstance(value, list | tuple | set):
@@ -238,6 +276,7 @@ def load_pool(folder: Path, adapter_config: Path | None = None) -> Pool:
                     f"expert {experts[0].name!r} ({experts[0].path}): {diff}; every expert must "
                     "adapt the same modules with the same rank and dtype"
                 )
+        check_weights(tensors, f"expert {expert.name!r} ({expert.weights_file})")
         layouts.append(layout)
         vectors.append(layout.flatten(tensors))
     config: dict[str, Any] | None
