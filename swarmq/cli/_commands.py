@@ -18,6 +18,7 @@ from swarmq.cli._output import (
     final_table,
     fmt,
     search_progress,
+    styled,
     summary_table,
 )
 from swarmq.errors import SwarmqError
@@ -31,9 +32,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SwarmqError as err:
-            err_console.print(
-                f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True
-            )
+            err_console.print(styled(("error:", "bold red"), f" {err}"), soft_wrap=True)
             sys.exit(2)
 
 
@@ -105,7 +104,7 @@ def _print_result(db: Any, search_id: str) -> None:
     from swarmq.engine import final_report, search_summary
 
     s = search_summary(db, search_id)
-    console.print(f"search [bold]{s.id}[/] {s.status}: {s.stop_reason or ''}", highlight=False)
+    console.print(styled("search ", (s.id, "bold"), f" {s.status}: {s.stop_reason or ''}"))
     report = final_report(db, search_id)
     if report is not None:
         console.print(final_table(report))
@@ -178,8 +177,11 @@ def run(
         runner = _runner(settings)
         search_id = runner.submit(cfg)
         err_console.print(
-            f"search [bold]{search_id}[/] created (resume with: swarmq resume {search_id})",
-            highlight=False,
+            styled(
+                "search ",
+                (search_id, "bold"),
+                f" created (resume with: swarmq resume {search_id})",
+            )
         )
         _drive(runner, search_id, quiet)
         return
@@ -202,18 +204,17 @@ def _run_seeds(
     runner = _runner(settings)
     db = runner.runtime.db
     group = seed_group_id(cfg, label)
-    err_console.print(f"seed group [bold]{group}[/]: seeds {seeds}", highlight=False)
+    err_console.print(styled("seed group ", (group, "bold"), f": seeds {seeds}"))
     ids: list[str] = []
     for seed in seeds:
         member = group_members(db, group).get(seed)
         if member is None:
             search_id = runner.submit(with_seed(cfg, seed), group_id=group)
-            err_console.print(f"seed {seed}: search [bold]{search_id}[/] created", highlight=False)
+            err_console.print(styled(f"seed {seed}: search ", (search_id, "bold"), " created"))
         else:
             search_id = member.search_id
             err_console.print(
-                f"seed {seed}: search [bold]{search_id}[/] found ({member.status})",
-                highlight=False,
+                styled(f"seed {seed}: search ", (search_id, "bold"), f" found ({member.status})")
             )
         if member is None or member.status != "completed":
             _drive(runner, search_id, quiet)
@@ -249,9 +250,12 @@ def resume(settings: Settings, search_id: str, quiet: bool, embedded: bool) -> N
 
         report = DistributedClient(settings).resume(search_id)
         err_console.print(
-            f"search [bold]{search_id}[/] resumed: sent {len(report.work)} message(s) "
-            f"({report.describe()}); follow it with: swarmq watch {search_id}",
-            highlight=False,
+            styled(
+                "search ",
+                (search_id, "bold"),
+                f" resumed: sent {len(report.work)} message(s) ({report.describe()}); "
+                f"follow it with: swarmq watch {search_id}",
+            )
         )
         return
     runner = _runner(settings)
@@ -346,12 +350,12 @@ def demo(settings: Settings, cache_dir: Path | None, rebuild: bool, quiet: bool)
 
     root = cache_dir or default_cache_dir()
     assets = build_demo_assets(
-        root, progress=lambda msg: err_console.print(f"[dim]{msg}[/]"), force=rebuild
+        root, progress=lambda msg: err_console.print(styled((msg, "dim"))), force=rebuild
     )
     cfg = load_config(assets.config_path)
     runner = _runner(settings)
     search_id = runner.submit(cfg)
-    err_console.print(f"demo search [bold]{search_id}[/] created", highlight=False)
+    err_console.print(styled("demo search ", (search_id, "bold"), " created"))
     _drive(runner, search_id, quiet)
 
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from swarmq.cli._commands import main, print_searches
-from swarmq.cli._output import console, err_console, fmt
+from swarmq.cli._output import console, err_console, fmt, styled
 from swarmq.errors import ConfigError
 from swarmq.settings import SETTING_NAMES, Settings
 
@@ -94,7 +94,7 @@ def worker(
         settings,
         loglevel=loglevel,
         extra_env=extra,
-        echo=lambda msg: err_console.print(msg, highlight=False, markup=False),
+        echo=lambda msg: err_console.print(msg),
     )
     sys.exit(status)
 
@@ -157,8 +157,9 @@ def submit(settings: Settings, config: Path) -> None:
     search_id = DistributedClient(settings).submit(cfg)
     click.echo(search_id)
     err_console.print(
-        f"search [bold]{search_id}[/] submitted; follow it with: swarmq watch {search_id}",
-        highlight=False,
+        styled(
+            "search ", (search_id, "bold"), f" submitted; follow it with: swarmq watch {search_id}"
+        )
     )
 
 
@@ -233,12 +234,14 @@ def _watch_view(db: Any, settings: Settings, search_id: str, started: float) -> 
         if s.best_utility is None
         else f"{s.best_utility:.4f} (particle {s.best_particle}, iteration {s.best_iteration})"
     )
-    head = Text.from_markup(
-        f"[bold]{s.name}[/] {s.id}  [cyan]{s.status}[/]  iteration {s.iteration}/"
-        f"{s.max_iterations}  best {best}\n"
+    head = styled(
+        (s.name, "bold"),
+        f" {s.id}  ",
+        (s.status, "cyan"),
+        f"  iteration {s.iteration}/{s.max_iterations}  best {best}\n"
         f"evaluations {s.evaluations_done}/{s.evaluations_total}  "
         f"workers busy {busy} ({len(act.workers)} on this search)  "
-        f"watching {time.monotonic() - started:.0f}s"
+        f"watching {time.monotonic() - started:.0f}s",
     )
     table = Table(title=f"iteration {act.iteration}", expand=False)
     for col, justify in (

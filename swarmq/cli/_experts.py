@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from swarmq.cli._commands import main
-from swarmq.cli._output import LogLines, console, err_console
+from swarmq.cli._output import LogLines, console, err_console, styled
 
 
 @main.group()
@@ -169,12 +169,14 @@ def train(
     )
     split_text = f" ({result.split})" if result.split else ""
     console.print(
-        f"expert written to [bold]{result.out_dir}[/]: {result.examples} items of "
-        f"{result.data_name}{split_text}{skipped}; {result.steps} steps "
-        f"({result.epochs:.2f} epochs, {result.tokens} tokens), loss {result.first_loss:.4f} -> "
-        f"{result.last_loss:.4f}, {result.trainable_params} trainable parameters, "
-        f"{result.seconds:.1f} s",
-        highlight=False,
+        styled(
+            "expert written to ",
+            (str(result.out_dir), "bold"),
+            f": {result.examples} items of {result.data_name}{split_text}{skipped}; "
+            f"{result.steps} steps ({result.epochs:.2f} epochs, {result.tokens} tokens), loss "
+            f"{result.first_loss:.4f} -> {result.last_loss:.4f}, {result.trainable_params} "
+            f"trainable parameters, {result.seconds:.1f} s",
+        ),
         soft_wrap=True,
     )
 
@@ -194,7 +196,7 @@ def check(folder: Path, base: str | None, no_load: bool) -> None:
     from swarmq.experts import check_pool
 
     result = check_pool(folder, base, load_base=not no_load)
-    console.print(f"expert pool [bold]{folder}[/]", highlight=False, soft_wrap=True)
+    console.print(styled("expert pool ", (str(folder), "bold")), soft_wrap=True)
     table = Table()
     for col in ("expert", "kind", "params", "norm", "non-finite"):
         table.add_column(col, justify="left" if col in ("expert", "kind") else "right")
@@ -219,20 +221,23 @@ def check(folder: Path, base: str | None, no_load: bool) -> None:
             soft_wrap=True,
         )
     for note in result.notes:
-        console.print(f"[dim]note: {note}[/]", highlight=False, soft_wrap=True)
+        console.print(styled((f"note: {note}", "dim")), soft_wrap=True)
     if not result.ok:
         for problem in result.problems:
-            console.print(f"[bold red]problem:[/] {problem}", highlight=False, soft_wrap=True)
+            console.print(styled(("problem:", "bold red"), f" {problem}"), soft_wrap=True)
         console.print(
-            f"[bold red]pool {folder} is not usable[/]: {len(result.problems)} problem(s)",
-            highlight=False,
+            styled(
+                (f"pool {folder} is not usable", "bold red"), f": {len(result.problems)} problem(s)"
+            ),
             soft_wrap=True,
         )
         sys.exit(1)
     fitted = ", and every expert fits the base model" if result.base_checked else ""
     console.print(
-        f"[green]pool {folder} is usable[/]: {len(result.rows)} experts share one layout, "
-        f"one adapter config and one base model{fitted}",
-        highlight=False,
+        styled(
+            (f"pool {folder} is usable", "green"),
+            f": {len(result.rows)} experts share one layout, one adapter config and one base "
+            f"model{fitted}",
+        ),
         soft_wrap=True,
     )

@@ -1,4 +1,10 @@
-"""Console output shared by the commands: the progress bar and result tables."""
+"""Console output shared by the commands: the consoles, the progress bar and result tables.
+
+Every console here prints strings as plain text (``markup=False``): names, ids, paths, error
+messages and dataset strings come from users, and rich markup in them (``x[/]y``,
+``[bold red]``, ``[r_v, r_p]``) would be styled away or raise. Styling is given explicitly,
+as :func:`styled` pieces, never by formatting text into markup.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from swarmq.engine import FinalReport, SearchSummary, search_summary
 
@@ -17,15 +24,29 @@ if TYPE_CHECKING:
     from swarmq.reporting import SpreadRow
 from swarmq.storage import Database
 
-console = Console()
-err_console = Console(stderr=True)
+
+def plain_console(**kwargs: Any) -> Console:
+    """A console that prints strings as text, never as markup, and highlights nothing."""
+    return Console(markup=False, highlight=False, **kwargs)
+
+
+console = plain_console()
+err_console = plain_console(stderr=True)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """One line of text from plain pieces and ``(text, style)`` pairs.
+
+    The pieces are taken literally, so a user's string can be one of them whatever it holds.
+    """
+    return Text.assemble(*parts)
 
 
 def print_wide(table: Table, width: int = 120) -> None:
     """Print a table on standard output at least ``width`` columns wide: the final tables'
     labels and intervals would otherwise wrap into unreadable cells on an 80-column terminal
     or a pipe (which rich treats as 80 columns)."""
-    Console(width=max(console.width, width)).print(table)
+    plain_console(width=max(console.width, width)).print(table)
 
 
 def fmt(value: float | None) -> str:
@@ -59,7 +80,7 @@ def search_progress(
     """A progress bar over iterations, showing the best utility and evaluations done."""
     summary = search_summary(db, search_id)
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # the search's name
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("iter [cyan]{task.fields[iteration]}[/]"),
@@ -147,7 +168,7 @@ def spread_table(rows: list[SpreadRow], seeds: list[int]) -> Table:
     table.add_column("global best - row, test", justify="right")
     table.add_column("better / worse", justify="right")
     for r in rows:
-        label = r.label if r.kind == "search" else f"[dim]baseline:[/] {r.label}"
+        label = r.label if r.kind == "search" else styled(("baseline: ", "dim"), r.label)
         verdict = f"{r.better} / {r.worse} of {r.intervals}" if r.intervals else ""
         table.add_row(
             label,

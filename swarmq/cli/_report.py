@@ -10,9 +10,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from swarmq.cli._commands import main
-from swarmq.cli._output import console, err_console, fmt, print_wide
+from swarmq.cli._output import console, err_console, fmt, plain_console, print_wide, styled
 from swarmq.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,8 +42,8 @@ def _result_table(rows: list[ResultRow]) -> Table:
             f"{intervals[0].resamples:,} resamples (seed {intervals[0].seed})"
         )
     for r in rows:
-        label = r.label if r.kind == "search" else f"[dim]baseline:[/] {r.label}"
-        cells = [label, fmt(r.dev), fmt(r.test)]
+        label = r.label if r.kind == "search" else styled(("baseline: ", "dim"), r.label)
+        cells: list[str | Text] = [label, fmt(r.dev), fmt(r.test)]
         if intervals:
             cells.append("" if r.interval is None else r.interval.describe())
         table.add_row(*cells)
@@ -69,15 +70,14 @@ def run_baselines(
         force=force,
         only=only,
         density=DEFAULT_DENSITY if density is None else density,
-        progress=lambda msg: err_console.print(f"[dim]evaluating {msg}[/]", highlight=False),
+        progress=lambda msg: err_console.print(styled((f"evaluating {msg}", "dim"))),
     )
     if run.skipped:
         err_console.print(
-            f"[dim]kept recorded scores: {', '.join(run.skipped)} (--force recomputes)[/]",
-            highlight=False,
+            styled((f"kept recorded scores: {', '.join(run.skipped)} (--force recomputes)", "dim"))
         )
     for note in run.unavailable:
-        err_console.print(f"[yellow]not computed:[/] {note}", highlight=False, soft_wrap=True)
+        err_console.print(styled(("not computed:", "yellow"), f" {note}"), soft_wrap=True)
     return run
 
 
@@ -255,20 +255,21 @@ def audit(
         )
         if result.ok:
             console.print(
-                f"[green]audit of {search_id} passed[/]: {summary}", highlight=False, soft_wrap=True
+                styled((f"audit of {search_id} passed", "green"), f": {summary}"), soft_wrap=True
             )
         else:
             console.print(
-                f"[bold red]audit of {search_id} failed[/]: first mismatch at "
-                f"{result.mismatches[0]}",
-                highlight=False,
+                styled(
+                    (f"audit of {search_id} failed", "bold red"),
+                    f": first mismatch at {result.mismatches[0]}",
+                ),
                 soft_wrap=True,
             )
             for m in result.mismatches[1:]:
                 console.print(f"  also: {m}", highlight=False, soft_wrap=True)
             console.print(f"checked before stopping: {summary}", highlight=False, soft_wrap=True)
         for note in result.notes:
-            console.print(f"[dim]note: {note}[/]", highlight=False, soft_wrap=True)
+            console.print(styled((f"note: {note}", "dim")), soft_wrap=True)
     if not result.ok:
         sys.exit(1)
 
@@ -330,15 +331,11 @@ def history(
         rows = list(history_rows(db, search_id, particle=particle))
         if out_file is not None:
             with out_file.open("w", encoding="utf-8") as f:
-                from rich.console import Console
-
-                Console(file=f, width=_HISTORY_WIDTH).print(_history_table(rows))
+                plain_console(file=f, width=_HISTORY_WIDTH).print(_history_table(rows))
         else:
             # The table needs about 120 columns; a narrower terminal (or a pipe, which rich
             # treats as 80 columns) would squeeze every cell onto several lines.
-            from rich.console import Console
-
-            wide = Console(width=max(console.width, _HISTORY_WIDTH))
+            wide = plain_console(width=max(console.width, _HISTORY_WIDTH))
             wide.print(_history_table(rows))
         return
     stdout: IO[str] = sys.stdout

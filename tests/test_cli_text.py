@@ -1,0 +1,110 @@
+"""What the command line shows is what was given: user strings are text, never rich markup.
+
+Names, ids, error messages, dataset strings and the audit's mismatch text hold brackets as
+often as not (``x[/]y``, ``[bold red]boom``, ``[r_v, r_p, r_g, r_w]``); printed as markup they
+were styled away or raised, leaving a search stuck in "running". Searches here run on the
+engine with a closed-form utility (no model) unless a command needs one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from searches import closed_form, distance_utility, make_pool
+from sqlalchemy.orm.attributes import flag_modified
+
+from swarmq.cli import main
+from swarmq.engine import create_search, list_searches
+from swarmq.execution import EmbeddedRunner
+from swarmq.settings import Settings
+from swarmq.storage import Database, ParticleStateRow
+
+HOSTILE = ["x[/]y", "[bold red]boom", "a [link=file:///etc]b[/link]", "tail\\"]
+
+
+def _cli(root: Path, *args: str, columns: int | None = None) -> Any:
+    env = {"COLUMNS": str(columns)} if columns else {}
+    return CliRunner(env=env).invoke(
+        main, ["--db", f"sqlite:///{root / 'db.sqlite'}", "--artifacts", str(root / "art"), *args]
+    )
+
+
+@pytest.fixture(scope="module")
+def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A database with one completed search per hostile name: (folder, search ids)."""
+    root = tmp_path_factory.mktemp("hostile")
+    pool = make_pool(root / "pool")
+    runner = EmbeddedRunner(
+        Settings(f"sqlite:///{root / 'db.sqlite'}", root / "art"), evaluate=distance_utility
+    )
+    ids = []
+    for name in HOSTILE:
+        sid = create_search(
+            runner.runtime, closed_form(pool, name=name, max_iterations=2), check_objective=False
+        )
+        runner.drive(sid)
+        ids.append(sid)
+    runner.runtime.db.engine.dispose()
+    return root, ids
+
+
+@pytest.mark.parametrize(
+    "command", [["list"], ["status"], ["status", "{id}"], ["watch", "{id}", "--interval", "0.1"]]
+)
+def test_hostile_names_are_shown_as_given(
+    hostile_db: tuple[Path, list[str]], command: list[str]
+) -> None:
+    root, ids = hostile_db
+    for name, sid in zip(HOSTILE, ids, strict=True):
+        # Wide enough for the names to stay on one line of their cell.
+        result = _cli(root, *[a.replace("{id}", sid) for a in command], columns=200)
+        assert result.exit_code == 0, (command, result.output)
+        assert name in result.output, (command, result.output)
+
+
+@pytest.mark.parametrize("bad_id", ["x[/]", "[bold red]boom", "[/]"])
+def test_a_hostile_search_id_is_named_in_one_line(tmp_path: Path, bad_id: str) -> None:
+    assert _cli(tmp_path, "db", "upgrade").exit_code == 0
+    for command in (["status", bad_id], ["watch", bad_id], ["cancel", bad_id]):
+        result = _cli(tmp_path, *command)
+        assert result.exit_code == 2, (command, result.output)
+        assert f"error: search {bad_id!r} does not exist" in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_run_of_a_hostile_name_completes_and_prints_it(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    config = write_config(search={"name": "x[/]y", "particles": 4, "max_iterations": 1})
+    result = _cli(tmp_path, "run", str(config))
+    assert result.exit_code == 0, result.output
+    assert "x[/]y: 2/2 iterations applied" in result.output  # the plain progress lines
+    (row,) = list_searches(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    assert row.status == "completed" and row.name == "x[/]y"
+    assert f"search {row.id} completed" in result.output
+
+
+def test_the_audit_mismatch_keeps_its_brackets(hostile_db: tuple[Path, list[str]]) -> None:
+    root, ids = hostile_db
+    db = Database(f"sqlite:///{root / 'db.sqlite'}")
+    with db.session() as s:
+        row = s.get(ParticleStateRow, (ids[0], 1, 1))
+        assert row is not None and row.update is not None
+        saved = list(row.update["factors"])
+        row.update["factors"][0] += 0.125
+        flag_modified(row, "update")
+    try:
+        result = _cli(root, "audit", ids[0], "--quiet")
+        assert result.exit_code == 1, result.output
+        text = " ".join(result.output.split())
+        assert "iteration 1, particle 1, factors [r_v, r_p, r_g, r_w]: expected [" in text, text
+    finally:
+        with db.session() as s:
+            row = s.get(ParticleStateRow, (ids[0], 1, 1))
+            assert row is not None and row.update is not None
+            row.update["factors"] = saved
+            flag_modified(row, "update")
