@@ -8,6 +8,7 @@ engine with a closed-form utility (no model) unless a command needs one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,38 @@ def test_the_audit_mismatch_keeps_its_brackets(hostile_db: tuple[Path, list[str]
             assert row is not None and row.update is not None
             row.update["factors"] = saved
             flag_modified(row, "update")
+
+
+# --- nothing a user must copy is cut ----------------------------------------------------------
+
+
+def test_ids_are_whole_in_an_80_column_window_or_a_pipe(
+    hostile_db: tuple[Path, list[str]],
+) -> None:
+    root, ids = hostile_db
+    for command in (["list"], ["status"], *[["status", sid] for sid in ids]):
+        result = _cli(root, *command, columns=80)
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.output, result.output
+        for sid in ids if len(command) == 1 else command[1:]:
+            assert sid in result.output, (command, result.output)
+    listed = _cli(root, "list", "--json", columns=80)
+    assert sorted(s["id"] for s in json.loads(listed.output)) == sorted(ids)
+
+
+def test_settings_show_urls_and_paths_whole(tmp_path: Path) -> None:
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "swarmq.db"
+    broker = "redis://:secret-pw@broker.internal.example.org:6379/11?socket_timeout=30"
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(
+        main, ["--db", f"sqlite:///{deep}", "--broker", broker, "settings"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"sqlite:///{deep}" in result.output, result.output
+    assert "redis://:***@broker.internal.example.org:6379/11?socket_timeout=30" in result.output
+    assert "…" not in result.output and "secret-pw" not in result.output
+    as_json = CliRunner().invoke(
+        main, ["--db", f"sqlite:///{deep}", "--broker", broker, "settings", "--json"]
+    )
+    shown = json.loads(as_json.output)
+    assert shown["database_url"] == {"value": f"sqlite:///{deep}", "from": "option"}
+    assert shown["broker_url"]["value"].startswith("redis://:***@broker.internal")

@@ -387,6 +387,16 @@ def test_a_store_file_swapped_for_a_link_outside_is_refused(tmp_path: Path) -> N
         ),
         ("redis://h:6379/0", "redis://h:6379/0"),
         ("sqlite:////data/a:b@c.db", "sqlite:////data/a:b@c.db"),
+        # Credentials in the query string, which libpq, psycopg and redis-py all accept.
+        ("postgresql://h/db?password=pw", "postgresql://h/db?password=***"),
+        ("redis://h:6379/0?password=pw", "redis://h:6379/0?password=***"),
+        (
+            "postgresql+psycopg://u@h/db?sslmode=require&PASSWORD=p%40w&sslpassword=k",
+            "postgresql+psycopg://u@h/db?sslmode=require&PASSWORD=***&sslpassword=***",
+        ),
+        ("postgresql://u:pw@h/db?password=pw2", "postgresql://u:***@h/db?password=***"),
+        ("cannot reach redis://h/0?password=pw now", "cannot reach redis://h/0?password=*** now"),
+        ("redis://h/0?db=1&socket_timeout=5", "redis://h/0?db=1&socket_timeout=5"),
     ],
 )
 def test_passwords_are_redacted_in_every_url_form(url: str, shown: str) -> None:
@@ -440,12 +450,17 @@ def _clean_env() -> dict[str, str | None]:
     return {k: None for k in os.environ if k.startswith(("SWARMQ_", "FLOWER_"))}
 
 
-def test_credentials_are_not_shown_when_the_servers_are_down(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["user-info", "query"])
+def test_credentials_are_not_shown_when_the_servers_are_down(tmp_path: Path, form: str) -> None:
     config = closed_form(make_pool(tmp_path / "pool", 2), "x")
     yaml_config = tmp_path / "search.yaml"
     yaml_config.write_text(yaml.safe_dump(json.loads(config.to_json())))
-    db_url = f"postgresql+psycopg://swarmq:{PASSWORD}@127.0.0.1:{free_port()}/swarmq"
-    redis_url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    if form == "user-info":
+        db_url = f"postgresql+psycopg://swarmq:{PASSWORD}@127.0.0.1:{free_port()}/swarmq"
+        redis_url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    else:  # the password as a query parameter, which the drivers accept as well
+        db_url = f"postgresql+psycopg://swarmq@127.0.0.1:{free_port()}/swarmq?password={PASSWORD}"
+        redis_url = f"redis://127.0.0.1:{free_port()}/0?password={PASSWORD}"
     settings_file = tmp_path / "settings.toml"
     settings_file.write_text(
         f'database_url = "{db_url}"\n'

@@ -17,6 +17,7 @@ from swarmq.cli._output import (
     err_console,
     final_table,
     fmt,
+    print_table,
     search_progress,
     styled,
     summary_table,
@@ -32,7 +33,12 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SwarmqError as err:
-            err_console.print(styled(("error:", "bold red"), f" {err}"), soft_wrap=True)
+            from swarmq.storage import redact_url
+
+            # Every message passes the redaction too: a driver's error may quote a URL.
+            err_console.print(
+                styled(("error:", "bold red"), f" {redact_url(str(err))}"), soft_wrap=True
+            )
             sys.exit(2)
 
 
@@ -300,7 +306,7 @@ def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
             }
         click.echo(json.dumps(out, indent=2))
         return
-    console.print(summary_table([s]))
+    print_table(summary_table([s]))
     if s.stop_reason:
         console.print(f"stopped: {s.stop_reason}", highlight=False)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(activity.counts.items()))
@@ -323,7 +329,7 @@ def print_searches(db: Any, as_json: bool) -> None:
     elif not rows:
         console.print(f"no searches in {db.describe()}", highlight=False)
     else:
-        console.print(summary_table(rows))
+        print_table(summary_table(rows))
 
 
 def _summary_dict(s: Any) -> dict[str, Any]:

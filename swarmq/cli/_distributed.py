@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from swarmq.cli._commands import main, print_searches
-from swarmq.cli._output import console, err_console, fmt, styled
+from swarmq.cli._output import console, err_console, fmt, print_table, styled
 from swarmq.errors import ConfigError
 from swarmq.settings import SETTING_NAMES, Settings
 
@@ -203,21 +204,30 @@ def reconcile_command(settings: Settings, search_id: str | None) -> None:
 
 
 @main.command("settings")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def settings_command(settings: Settings) -> None:
+def settings_command(settings: Settings, as_json: bool) -> None:
     """Show the resolved settings and where each came from (passwords hidden)."""
     from swarmq.storage import redact_url
 
-    table = Table(title="settings")
-    for col in ("setting", "value", "from"):
-        table.add_column(col)
+    rows: dict[str, dict[str, str]] = {}
     for name in SETTING_NAMES:
         value = getattr(settings, name)
-        shown = redact_url(str(value)) if name.endswith("_url") and value else str(value)
+        # Every value, not only the *_url ones: a URL can stand in other settings too.
+        shown = redact_url(str(value))
         if name == "visibility_timeout" and value is None:
             shown = f"{settings.effective_visibility_timeout:g} (time_limit + 600)"
-        table.add_row(name, shown, settings.sources.get(name, "default"))
-    console.print(table)
+        rows[name] = {"value": shown, "from": settings.sources.get(name, "default")}
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="settings")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", no_wrap=True)  # URLs and paths whole, to be copied
+    table.add_column("from", overflow="fold")
+    for name, row in rows.items():
+        table.add_row(name, row["value"], row["from"])
+    print_table(table)
 
 
 # --- watch ------------------------------------------------------------------------------------

@@ -42,11 +42,29 @@ def styled(*parts: str | tuple[str, str]) -> Text:
     return Text.assemble(*parts)
 
 
+def print_table(table: Table, *, on: Console | None = None, width: int = 0) -> None:
+    """Print ``table`` without cutting any cell of a ``no_wrap`` column.
+
+    Ids, URLs and paths a user must copy go in ``no_wrap`` columns; the other columns fold
+    first, and when even folded they do not fit, the table is printed wider than the console
+    (a pipe or a log counts as 80 columns) rather than ending an id in "…". ``width`` asks for
+    at least that many columns.
+    """
+    target = on or console
+    # Measured without the console's width, which would clamp the answer to it.
+    unbounded = target.options.update_width(10_000)
+    needed = max(target.measure(table, options=unbounded).minimum, width)
+    if needed <= target.width:
+        target.print(table)
+    else:
+        plain_console(file=target.file, width=needed).print(table)
+
+
 def print_wide(table: Table, width: int = 120) -> None:
     """Print a table on standard output at least ``width`` columns wide: the final tables'
     labels and intervals would otherwise wrap into unreadable cells on an 80-column terminal
     or a pipe (which rich treats as 80 columns)."""
-    plain_console(width=max(console.width, width)).print(table)
+    print_table(table, width=width)
 
 
 def fmt(value: float | None) -> str:
@@ -132,8 +150,9 @@ def search_progress(
 
 def summary_table(rows: list[SearchSummary]) -> Table:
     table = Table(title="searches")
-    for col in ("id", "name", "status", "iteration", "best", "evaluations", "created"):
-        table.add_column(col)
+    table.add_column("id", no_wrap=True)  # whole, to be copied (see print_table)
+    for col in ("name", "status", "iteration", "best", "evaluations", "created"):
+        table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
             r.id,

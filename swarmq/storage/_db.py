@@ -27,11 +27,28 @@ __all__ = ["Database", "redact_url"]
 # password runs to the last "@" before a blank, so one holding a raw "@" is hidden whole (a
 # shorter match would print its tail). URLs inside longer messages are found too.
 _PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)\S*@")
+# A credential in the query string: libpq, psycopg and redis-py all take ?password=...; the
+# other names cover libpq's sslpassword and the tokens and secrets of other URL forms. The
+# value runs to the next parameter, fragment, quote or blank.
+_QUERY_SECRET = re.compile(
+    r"([?&;][^=&;#\s'\"]*(?:pass|pwd|secret|token|credential|auth)[^=&;#\s'\"]*=)"
+    r"[^&;#\s'\"]*",
+    re.IGNORECASE,
+)
 
 
 def redact_url(url: str) -> str:
-    """The URL (or a message holding URLs) with every password replaced by ``***``."""
-    return _PASSWORD.sub(r"\1***@", str(url))
+    """The URL (or a message holding URLs) with every credential replaced by ``***``: the
+    password of its user-info part and any credential-bearing query parameter
+    (``?password=``, ``&sslpassword=``, ``?token=``...).
+
+    The one place swarmq hides credentials: the settings table, errors and the worker's banner
+    all go through it.
+    """
+    text = _PASSWORD.sub(r"\1***@", str(url))
+    if "=" not in text:
+        return text
+    return _QUERY_SECRET.sub(r"\1***", text)
 
 
 def migrations_dir() -> Path:
