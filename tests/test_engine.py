@@ -248,6 +248,36 @@ def test_an_overflowing_update_fails_the_search_naming_particle_and_iteration(
         assert sess.get(IterationRow, (sid, 1)) is None
 
 
+def test_restarts_replay_the_reference_rule(tmp_path: Path, pool: Path) -> None:
+    # The reference code restarts particle i before the update producing t when
+    # len(history) - (first index of its best) >= restart_patience * patience, its history
+    # holding the utilities of iterations 0..t-1. Replayed over the recorded histories, every
+    # recorded restart decision must be that one (threshold 2: restarts happen often).
+    cfg = config(pool, patience=4, restart_patience=0.5, max_iterations=10)
+    runner, sid = run(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art", cfg)
+    db = runner.runtime.db
+    histories = utility_histories(db, sid)
+    with db.session() as s:
+        recorded = {
+            (st.iteration, st.particle): st.restarted
+            for st in s.scalars(select(ParticleStateRow).where(ParticleStateRow.search_id == sid))
+        }
+    expected = {}
+    for t, i in recorded:
+        if t == 0:
+            expected[(t, i)] = False
+            continue
+        history = [float(u) for u in histories[i][:t]]
+        expected[(t, i)] = len(history) - history.index(max(history)) >= 0.5 * 4
+    assert recorded == expected
+    # The boundary case happens: a particle restarted exactly 2 iterations after its best.
+    assert any(
+        restarted and t - [float(u) for u in histories[i][:t]].index(max(histories[i][:t])) == 2
+        for (t, i), restarted in recorded.items()
+        if t > 0
+    )
+
+
 def test_unknown_search_is_named(tmp_path: Path) -> None:
     runner = EmbeddedRunner(Settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art"))
     with pytest.raises(NotFoundError, match="'nope' does not exist"):

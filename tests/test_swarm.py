@@ -157,12 +157,40 @@ def test_patience_stop_and_max_iterations() -> None:
 
 
 def test_restart_after_restart_patience_times_patience() -> None:
-    params = SwarmParams(patience=10, restart_patience=0.5)  # restart after 5 stale iterations
-    assert not needs_restart(5, best_iteration=0, params=params)  # 4 iterations since
-    assert needs_restart(6, best_iteration=0, params=params)  # 5 iterations since
-    assert not needs_restart(8, best_iteration=3, params=params)
-    assert needs_restart(9, best_iteration=3, params=params)
+    # The reference rule: before the update producing t, restart when t - k >= rp * patience.
+    params = SwarmParams(patience=10, restart_patience=0.5)  # threshold 5
+    assert not needs_restart(4, best_iteration=0, params=params)  # 4 < 5
+    assert needs_restart(5, best_iteration=0, params=params)  # the boundary: 5 >= 5
+    assert needs_restart(6, best_iteration=0, params=params)
+    assert not needs_restart(7, best_iteration=3, params=params)
+    assert needs_restart(8, best_iteration=3, params=params)
+    # A fractional threshold (0.67 * 10 = 6.7, the authors' launch scripts) rounds up: 7.
+    scripts = SwarmParams(patience=10, restart_patience=0.67)
+    assert not needs_restart(6, best_iteration=0, params=scripts)
+    assert needs_restart(7, best_iteration=0, params=scripts)
+    # A threshold of at most 1 restarts a particle right after iteration 0 if it never improved.
+    assert needs_restart(1, best_iteration=0, params=SwarmParams(patience=2, restart_patience=0.5))
     assert not needs_restart(100, best_iteration=0, params=SwarmParams(restart=False))
+
+
+def reference_restarts(history: list[float], params: SwarmParams) -> bool:
+    """The reference code's test, on a particle's utility history before an update:
+    len(history) - (first index of its maximum) >= restart_patience * patience."""
+    return len(history) - history.index(max(history)) >= params.restart_patience * params.patience
+
+
+@pytest.mark.parametrize(("patience", "fraction"), [(10, 0.5), (6, 0.5), (4, 0.4), (10, 0.67)])
+def test_restart_matches_the_reference_rule_on_random_histories(
+    patience: int, fraction: float
+) -> None:
+    params = SwarmParams(patience=patience, restart_patience=fraction)
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        # Few distinct values, so that a best is often reached again (k is its first time).
+        history = [float(u) for u in rng.integers(0, 4, size=int(rng.integers(1, 20)))]
+        t = len(history)  # iterations 0..t-1 evaluated: the next update produces t
+        k = history.index(max(history))
+        assert needs_restart(t, k, params) == reference_restarts(history, params), (history, t)
 
 
 def test_global_best_is_the_first_new_strict_maximum() -> None:

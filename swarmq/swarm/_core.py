@@ -193,13 +193,15 @@ def should_stop(best_history: Sequence[float], iteration: int, params: SwarmPara
 def needs_restart(iteration: int, best_iteration: int, params: SwarmParams) -> bool:
     """Whether a particle is restarted before the update that produces ``iteration`` (step 2.2).
 
-    A particle whose personal best was first reached at ``best_iteration`` has gone
-    ``(iteration - 1) - best_iteration`` evaluated iterations without improving; it is reset
-    (``x = p``, ``v = 0``) when that is at least ``restart_patience * patience``.
+    The reference code's rule: a particle whose personal best was first reached at
+    ``best_iteration`` is reset (``x = p``, ``v = 0``) when
+    ``iteration - best_iteration >= restart_patience * patience``. Before the update that
+    produces t, its utility history holds t entries (iterations 0..t-1), and the reference
+    restarts when the history's length minus the first index of its best reaches the threshold.
     """
     if not params.restart:
         return False
-    return (iteration - 1) - best_iteration >= params.restart_patience * params.patience
+    return iteration - best_iteration >= params.restart_patience * params.patience
 
 
 @dataclass(frozen=True)
