@@ -57,14 +57,19 @@ class Settings:
     # a message stays unacknowledged while its task runs, so this must exceed the hard time
     # limit or a live evaluation would be delivered twice. None: time_limit + 600.
     visibility_timeout: float | None = None
-    # A running evaluation writes heartbeat_at this often; one silent for heartbeat_timeout is
-    # taken as dead (its worker or machine is gone) and re-dispatched.
-    heartbeat_interval: float = 15.0
-    heartbeat_timeout: float = 120.0
+    # A running evaluation writes heartbeat_at this often, from a thread of its own (so a slow
+    # evaluation beats as often as a fast one); one silent for heartbeat_timeout is taken as
+    # dead (its worker or machine is gone) and sent again. Both are stamped and judged by the
+    # database's clock. The timeout is five beats: a live worker would have to fail four in a
+    # row to be declared dead, and a dead one's evaluation runs again within
+    # heartbeat_timeout + reconcile_interval (about 7 s) of its last beat.
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
     # How often the coordinator's reconciler looks for lost work, and how old a dispatch must be
-    # before a missing message counts as lost (a message is sent just after its row commits).
-    reconcile_interval: float = 30.0
-    dispatch_grace: float = 60.0
+    # before a missing message counts as lost (a message is sent just after its row commits,
+    # and a live worker claims the evaluation of a message within moments of taking it).
+    reconcile_interval: float = 2.0
+    dispatch_grace: float = 5.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 
 from swarmq.config import SearchConfig
 from swarmq.engine._common import (
@@ -48,6 +48,7 @@ from swarmq.storage import (
     EvaluationRow,
     IterationRow,
     ParticleStateRow,
+    database_now,
     encode_item_scores,
     utcnow,
 )
@@ -170,20 +171,37 @@ class _Heartbeat:
 
     def _run(self) -> None:
         assert self.interval is not None
-        while not self._stop.wait(self.interval):
+        wait = self.interval
+        lost = False
+        while not self._stop.wait(wait):
             try:
                 with self.rt.db.session() as s:
-                    s.execute(
+                    beat = s.execute(
                         update(EvaluationRow)
                         .where(
                             EvaluationRow.id.in_(self.evaluation_ids),
                             EvaluationRow.status == "running",
                             EvaluationRow.worker == self.worker,
                         )
-                        .values(heartbeat_at=utcnow())
+                        .values(heartbeat_at=database_now(s))
                     )
+                    held = cast(CursorResult[Any], beat).rowcount
             except Exception as err:  # logged, never raised: see the class docstring
                 log.warning("heartbeat of evaluations %s failed: %s", self.evaluation_ids, err)
+                # Try again soon: once the database is back, the beat must land before the
+                # reconciler's next look at it.
+                wait = min(self.interval, 0.25)
+                continue
+            wait = self.interval
+            if held < len(self.evaluation_ids) and not lost and not self._stop.is_set():
+                # The reconciler took (some of) them back: this worker was silent for the
+                # whole heartbeat timeout. Whichever attempt finishes first is recorded; the
+                # other finds the row finished and records nothing.
+                lost = True
+                log.warning(
+                    "evaluations %s: lease lost (this worker was silent for heartbeat_timeout)",
+                    self.evaluation_ids,
+                )
 
     def __exit__(
         self,
@@ -246,7 +264,8 @@ def run_evaluation(
         if ev.status in FINISHED:
             return Outcome("duplicate", ev.utility)
         search = search_in_txn(s, search_id)
-        now = utcnow()
+        # The lease is stamped by the database's clock, as the reconciler judges it.
+        now = database_now(s)
         if search.status in ("cancelled", "failed"):
             if ev.status == "running" and _holder_gone(ev, now, policy):
                 ev.status, ev.worker = "pending", None  # nobody works on it any more
@@ -473,6 +492,9 @@ def _record_done(
             .order_by(EvaluationRow.particle)
             .with_for_update()
         ).all()
+        # The database's clock, as for the claim: a duration (finished - started) must not mix
+        # the clocks of two machines (the coordinator orders evaluations by them).
+        now = database_now(s)
         for ev in rows:
             if ev.status in FINISHED:  # another delivery of the same work finished first
                 outcomes[ev.particle] = Outcome("duplicate", ev.utility)
@@ -480,7 +502,7 @@ def _record_done(
             utility, metrics, items = done[ev.particle]
             ev.status, ev.utility, ev.metrics = "done", utility, metrics
             ev.item_scores = items
-            ev.finished_at = utcnow()
+            ev.finished_at = now
             ev.error = None
             outcomes[ev.particle] = Outcome("done", utility)
             if split == "dev":

@@ -35,6 +35,7 @@ from swarmq.storage import (
     IterationRow,
     ParticleStateRow,
     SearchRow,
+    database_now,
     utcnow,
 )
 
@@ -112,7 +113,10 @@ def reconcile(
     pending evaluations are then left alone unless ``lost_if_unknown`` (``swarmq resume``,
     where a duplicate message is the lesser evil: a duplicate is a cheap no-op).
     """
-    now = now or utcnow()
+    if now is None:
+        # The database's clock: the one the claims and heartbeats were stamped with.
+        with rt.db.session() as s:
+            now = database_now(s)
     stale_before = now - timedelta(seconds=heartbeat_timeout)
     grace_before = now - timedelta(seconds=dispatch_grace)
     active = select(SearchRow.id).where(SearchRow.status.in_(("running", "completed")))

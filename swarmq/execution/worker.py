@@ -3,17 +3,20 @@
 Importing this module resolves the settings from the environment (and the settings file),
 configures the app with them, and hooks the worker's start-up: each pool process opens its own
 database connections and installs its runtime (connections must not cross a fork), and a
-coordinator worker starts with one reconciler pass. ``swarmq worker`` runs these processes for
-you with the right queues.
+coordinator worker runs one reconciler pass each time it connects to the broker: when it
+starts, and when it gets the broker back after losing it (a broker restarted without its data
+lost every waiting message, which the pass sends again at once). ``swarmq worker`` runs these
+processes for you with the right queues.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, ClassVar
 
-from celery.signals import worker_process_init, worker_ready
+from celery import bootsteps
+from celery.signals import worker_process_init
 
 from swarmq.engine import install_runtime
 from swarmq.execution._app import COORDINATOR_QUEUE, configure_app
@@ -41,13 +44,28 @@ def _init_pool_process(**_: Any) -> None:
     install_runtime(build_worker_runtime(settings, os.environ.get(EVALUATE_HOOK_ENV)))
 
 
-@worker_ready.connect
-def _coordinator_ready(sender: Any = None, **_: Any) -> None:
-    if os.environ.get(ROLE_ENV) == "coordinator":
-        log.info("coordinator ready: one reconciler pass for what happened while it was down")
-        app.send_task(
+class _ReconcileOnConnect(bootsteps.StartStopStep):
+    """The coordinator's reconciler pass, without grace, on every connection to the broker.
+
+    Celery restarts its consumer's steps after a lost connection, so this runs at start-up and
+    after each reconnection. At start-up, a coordinator killed in the middle of a coordination
+    left its message unacknowledged, and waiting for the visibility timeout would stall the
+    search; after a reconnection the broker may have restarted without its data, and waiting
+    for the dispatch grace and the next scheduled pass would leave the workers idle.
+    """
+
+    requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, c: Any) -> None:
+        if os.environ.get(ROLE_ENV) != "coordinator":
+            return
+        log.info("coordinator connected: one reconciler pass for what happened meanwhile")
+        c.app.send_task(
             "swarmq.reconcile",
             kwargs={"startup": True},
             queue=COORDINATOR_QUEUE,
             kwargsrepr="startup=True",
         )
+
+
+app.steps["consumer"].add(_ReconcileOnConnect)

@@ -1,7 +1,7 @@
 """The durable record: SQLAlchemy models, database sessions and the artifact store."""
 
 from swarmq.storage._artifacts import ArtifactStore, LocalArtifactStore, encode_vector, hash_bytes
-from swarmq.storage._db import Database, migrations_dir, redact_url
+from swarmq.storage._db import Database, database_now, migrations_dir, redact_url
 from swarmq.storage._models import (
     Artifact,
     Base,
@@ -27,6 +27,7 @@ __all__ = [
     "ParticleRow",
     "ParticleStateRow",
     "SearchRow",
+    "database_now",
     "decode_item_scores",
     "encode_item_scores",
     "encode_vector",

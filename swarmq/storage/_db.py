@@ -11,17 +11,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from swarmq.errors import StorageError
+from swarmq.storage._models import utcnow
 
-__all__ = ["Database", "redact_url"]
+__all__ = ["Database", "database_now", "redact_url"]
 
 # scheme://user:password@host: the user may be empty (Redis: redis://:password@host), and the
 # password runs to the last "@" before a blank, so one holding a raw "@" is hidden whole (a
@@ -49,6 +51,22 @@ def redact_url(url: str) -> str:
     if "=" not in text:
         return text
     return _QUERY_SECRET.sub(r"\1***", text)
+
+
+def database_now(session: Session) -> datetime:
+    """The time by the database server's clock (PostgreSQL), or by this process's (SQLite).
+
+    A running evaluation's lease (its claim and its heartbeats) is stamped with this clock and
+    the reconciler judges it by the same one, so the machines' own clocks need not agree: with
+    a heartbeat timeout of seconds, a worker whose clock runs a few seconds behind the
+    coordinator's would otherwise look dead while it works. SQLite's writers all share one
+    machine, hence one clock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        moment = session.scalar(text("SELECT clock_timestamp()"))
+        if isinstance(moment, datetime):
+            return moment
+    return utcnow()
 
 
 def migrations_dir() -> Path:
