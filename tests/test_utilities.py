@@ -194,7 +194,7 @@ def test_multiple_choice_loglik_ties_text_target_and_length_normalisation() -> N
     text = MultipleChoice({"mode": "loglik", "target": "text"})
     assert text.predict(gen, [mc("q", "B", choices)]) == ["A"]
     # Per character: -4/3 for " no" against -8/11 for " yes indeed": B wins.
-    normed = MultipleChoice({"mode": "loglik", "target": "text", "length_normalise": True})
+    normed = MultipleChoice({"mode": "loglik", "target": "text", "normalise": "chars"})
     assert normed.predict(gen, [mc("q", "B", choices)]) == ["B"]
     # A tie goes to the option listed first.
     letters = MultipleChoice({"mode": "loglik"})
@@ -203,6 +203,78 @@ def test_multiple_choice_loglik_ties_text_target_and_length_normalisation() -> N
     assert letters.score_predictions(letters.predict(gen, examples), examples) == (
         letters.score_predictions(["A"], examples)
     )
+
+
+class CannedTokens:
+    """A TokenLikelihoodScorer with given (log-likelihood, tokens) per (context, continuation)."""
+
+    def __init__(self, table: Mapping[tuple[str, str], tuple[float, int]]) -> None:
+        self.table = dict(table)
+        self.asked: list[tuple[str, str]] = []
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        raise AssertionError("continuation mode must not generate")
+
+    def loglikelihood_tokens(
+        self, prompts: list[str], continuations: list[str]
+    ) -> list[tuple[float, int]]:
+        self.asked += list(zip(prompts, continuations, strict=True))
+        return [self.table[pc] for pc in zip(prompts, continuations, strict=True)]
+
+
+# Three options that the three normalisations rank differently: as they are " no" wins (-3.0),
+# per character " yes indeed" (-5.5 / 11 = -0.5), per token " maybe so" (-6.3 / 3 = -2.1).
+THREE = {"A": "no", "B": "yes indeed", "C": "maybe so"}
+THREE_LL = {" no": (-3.0, 1), " yes indeed": (-5.5, 2), " maybe so": (-6.3, 3)}
+
+
+def test_multiple_choice_continuation_scores_options_after_the_plain_question() -> None:
+    gen = CannedTokens({("q", c): v for c, v in THREE_LL.items()})
+    examples = [mc("q", "C", THREE)]
+    result = MultipleChoice({"mode": "continuation", "normalise": "tokens"}).score(gen, examples)
+    # The context is the question alone: no instruction, no listed options.
+    assert gen.asked == [("q", " no"), ("q", " yes indeed"), ("q", " maybe so")]
+    assert result.value == 1.0 and result.metrics["samples"][0]["predicted"] == "C"
+    assert result.metrics["accuracy_by_normalise"] == {"none": 0.0, "chars": 0.0, "tokens": 1.0}
+    for how, winner in (("none", "A"), ("chars", "B"), ("tokens", "C")):
+        util = MultipleChoice({"mode": "continuation", "normalise": how})
+        assert util.predict(gen, examples) == [winner]
+    # score = "prob": the gold option's share of the softmax over the per-token values.
+    prob = MultipleChoice({"mode": "continuation", "normalise": "tokens", "score": "prob"})
+    values = [-3.0, -5.5 / 2, -6.3 / 3]
+    expected = math.exp(values[2]) / sum(math.exp(v) for v in values)
+    assert prob.score(gen, examples).value == pytest.approx(expected)
+    # A context template wraps the question, and only the question.
+    wrapped = CannedTokens({("Q: q\nA:", c): v for c, v in THREE_LL.items()})
+    util = MultipleChoice({"mode": "continuation", "context": "Q: {question}\nA:"})
+    assert util.predict(wrapped, examples) == ["A"]
+    assert {p for p, _ in wrapped.asked} == {"Q: q\nA:"}
+
+
+def test_multiple_choice_continuation_options_are_checked() -> None:
+    cases = [
+        ({"length_normalise": True}, "write normalise = 'chars'"),
+        ({"mode": "continuation", "normalise": "bytes"}, "normalise = 'bytes'"),
+        ({"mode": "loglik", "context": "Q: {question}"}, "applies only to mode = 'continuation'"),
+        ({"mode": "continuation", "target": "text"}, "target = 'text' applies only to mode"),
+        ({"mode": "continuation", "instruction": "Pick."}, "instruction = 'Pick.' applies"),
+        ({"normalise": "chars"}, "normalise = 'chars' applies only to mode = 'loglik' or"),
+        ({"mode": "continuation", "context": "{question} {answer}"}, "KeyError: 'answer'"),
+    ]
+    for options, fragment in cases:
+        with pytest.raises(UtilityError) as err:
+            MultipleChoice(options)
+        assert fragment in str(err.value), str(err.value)
+    # Per-token comparison needs token counts: a plain LikelihoodScorer is refused by name.
+    with pytest.raises(UtilityError) as err:
+        MultipleChoice({"mode": "continuation"}).score(CannedLikelihood({}), [mc("q", "A")])
+    msg = str(err.value)
+    assert "mode = 'continuation'" in msg and "loglikelihood_tokens()" in msg
+    with pytest.raises(UtilityError, match="over 0 tokens"):
+        MultipleChoice({"mode": "continuation"}).score(
+            CannedTokens({("q", " no"): (-1.0, 0), ("q", " yes"): (-1.0, 1)}),
+            [mc("q", "A", {"A": "no", "B": "yes"})],
+        )
 
 
 def test_multiple_choice_loglik_needs_a_likelihood_scorer() -> None:

@@ -171,7 +171,9 @@ def test_loglikelihood_matches_an_unpadded_forward(
 def test_loglikelihood_options_of_one_prompt_share_a_row(
     world: dict[str, Any], resident: ResidentModel
 ) -> None:
-    """Single-token options after one prompt cost one forward row, with unchanged values."""
+    """Options after one prompt share its context row; options that read the same tokens
+    (here " A" ... " D": a space, then the letter, under a character tokenizer) share their
+    continuation row too, with unchanged values."""
     resident.set_position(world["layout"], world["vectors"][0])
     prompts = ["Question: pick one\nAnswer:"] * 4 + ["Another question\nAnswer:"] * 4
     conts = [" A", " B", " C", " D"] * 2
@@ -183,7 +185,7 @@ def test_loglikelihood_options_of_one_prompt_share_a_row(
         shared = resident.loglikelihood(prompts, conts, 8)
     finally:
         hook.remove()
-    assert rows == [2]  # two distinct prompts, eight options
+    assert rows == [2, 2]  # two distinct prompts, then one row " " on each for eight options
     for p, c, value in zip(prompts, conts, shared, strict=True):
         assert value == pytest.approx(
             reference_loglik(resident.model, resident.tokenizer, p, c), abs=1e-4
@@ -215,6 +217,140 @@ def test_loglik_multiple_choice_on_a_model(world: dict[str, Any], resident: Resi
     assert first.value == pytest.approx(sum(gold) / len(gold), abs=1e-4)
     accuracy = evaluator(world, resident, options={"mode": "loglik"}).evaluate(layout, v1)
     assert accuracy.value == first.metrics["accuracy"] and accuracy.metrics["n"] == 6
+
+
+def hand_continuation(
+    resident: ResidentModel, context: str, choices: dict[str, str]
+) -> dict[str, tuple[float, int, int]]:
+    """Per option: its log-likelihood after ``context`` by one unpadded forward pass, its
+    length in characters (with the space before it) and in tokens."""
+    tok = resident.tokenizer
+    out = {}
+    for letter, text in choices.items():
+        cont = f" {text}"
+        tokens = len(tok(context + cont)["input_ids"]) - len(tok(context)["input_ids"])
+        out[letter] = (reference_loglik(resident.model, tok, context, cont), len(cont), tokens)
+    return out
+
+
+def pick(scores: dict[str, tuple[float, int, int]], how: str) -> str:
+    """The option the harness convention picks: sum, per character or per token."""
+    value = {
+        x: ll if how == "none" else ll / (chars if how == "chars" else tokens)
+        for x, (ll, chars, tokens) in scores.items()
+    }
+    return max(value, key=value.__getitem__)
+
+
+def test_continuation_multiple_choice_matches_a_hand_computation(
+    world: dict[str, Any], resident: ResidentModel
+) -> None:
+    """mode = 'continuation' scores each option after the question alone (options not
+    listed), as the hand computation does; every normalisation, and the gold probability."""
+    options = {"mode": "continuation", "normalise": "chars", "score": "prob"}
+    ev = evaluator(world, resident, options=options)
+    layout, (v1, _) = world["layout"], world["vectors"]
+    result = ev.evaluate(layout, v1)
+    ev.set_position(layout, v1)
+    examples = ev.examples("dev")
+    hits = dict.fromkeys(("none", "chars", "tokens"), 0)
+    golds = []
+    for ex in examples:
+        scores = hand_continuation(resident, ex["question"], ex["choices"])
+        for how in hits:
+            hits[how] += pick(scores, how) == ex["answer"]
+        per_char = {x: ll / chars for x, (ll, chars, _) in scores.items()}
+        total = sum(math.exp(v) for v in per_char.values())
+        golds.append(math.exp(per_char[ex["answer"]]) / total)
+    n = len(examples)
+    assert result.value == pytest.approx(sum(golds) / n, abs=1e-5)
+    assert result.item_scores == pytest.approx(golds, abs=1e-5)
+    assert result.metrics["accuracy_by_normalise"] == {h: k / n for h, k in hits.items()}
+    assert result.metrics["accuracy"] == hits["chars"] / n
+    # Not the letter prompt: listing the options first gives other numbers.
+    listed = evaluator(world, resident, options={"mode": "loglik", "target": "text"})
+    assert listed.evaluate(layout, v1).metrics["gold_prob"] != pytest.approx(
+        evaluator(world, resident, options={"mode": "continuation"})
+        .evaluate(layout, v1)
+        .metrics["gold_prob"],
+        abs=1e-3,
+    )
+
+
+def test_continuation_contexts_are_computed_once(
+    world: dict[str, Any], resident: ResidentModel
+) -> None:
+    """Each question's context runs once for its four options; the option rows read only the
+    options' own tokens, on the context's cached keys and values."""
+    resident.set_position(world["layout"], world["vectors"][0])
+    util = MultipleChoice({"mode": "continuation"})
+    examples = load_dataset(world["mc"]).split("dev")
+    prompts = util.prompts(examples)
+    pairs = [
+        (p, c) for p, ex in zip(prompts, examples, strict=True) for _, c in util.continuations(ex)
+    ]
+    widths: list[tuple[int, int]] = []
+    hook = resident.model.register_forward_hook(
+        lambda _m, _a, kwargs, _o: widths.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True,
+    )
+    try:
+        scored = resident.loglikelihood_tokens([p for p, _ in pairs], [c for _, c in pairs], 8)
+    finally:
+        hook.remove()
+    longest_context = max(len(resident.tokenizer(p)["input_ids"]) for p in prompts)
+    longest_option = max(len(c) for _, c in pairs)  # a character tokenizer: a token per char
+    assert widths[0] == (len(prompts), longest_context)  # six contexts, once each
+    # Then one row per option (" 3", " 4" and " 5" after "2 + 2 = ?" read the same " ")...
+    reads = {(p, c[:-1]) for p, c in pairs}
+    assert sum(rows for rows, _ in widths[1:]) == len(reads) == len(pairs) - 2
+    assert all(width < longest_option for _, width in widths[1:])  # ...reading the option only
+    for (p, c), (value, tokens) in zip(pairs, scored, strict=True):
+        assert tokens == len(c)
+        assert value == pytest.approx(
+            reference_loglik(resident.model, resident.tokenizer, p, c), abs=1e-4
+        )
+
+
+def test_token_counts_differ_from_characters_under_a_word_tokenizer(tmp_path: Path) -> None:
+    """Per token is not per character when tokens are words: the hand computation with a word
+    tokenizer, where ' 0 C' is two tokens of four characters and ' Jupiter' one of eight."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [q + " " + " ".join(c.values()) for q, c, _ in QUESTIONS]
+    words = ["<pad>", "<eos>", "<unk>", "<bos>", *sorted({w for t in texts for w in t.split()})]
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+    )
+    base = save_tiny_llama(tmp_path / "words", tokenizer, seed=3)
+    config = model_config(tmp_path, base, utility="multiple_choice", dataset="unused.json")
+    resident = ResidentModel.load(config.base_model, None)
+
+    class Scorer:
+        def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+            raise AssertionError("not generating")
+
+        def loglikelihood_tokens(
+            self, prompts: list[str], continuations: list[str]
+        ) -> list[tuple[float, int]]:
+            return resident.loglikelihood_tokens(prompts, continuations, 3)
+
+    examples = [{"question": q, "choices": c, "answer": a} for q, c, a in QUESTIONS]
+    hands = [hand_continuation(resident, ex["question"], ex["choices"]) for ex in examples]
+    assert hands[3]["A"][1:] == (4, 2) and hands[2]["C"][1:] == (8, 1)
+    for how in ("none", "chars", "tokens"):
+        util = MultipleChoice({"mode": "continuation", "normalise": how})
+        assert util.predict(Scorer(), examples) == [pick(h, how) for h in hands]
+    # On this model the per-token and per-character choices differ somewhere: the test above
+    # tells them apart.
+    assert [pick(h, "tokens") for h in hands] != [pick(h, "chars") for h in hands]
 
 
 # ---------------------------------------------------------------------------- chat

@@ -107,8 +107,9 @@ class ParticleGenerator:
     """The :class:`swarmq.objectives.TextGenerator` one particle's utility sees in a shared batch.
 
     ``generate`` and ``generate_chat`` are answered by the shared, mixed-adapter call of their
-    round. The other model methods named in ``methods`` (``loglikelihood``) are forwarded too
-    and run for this particle alone, with its position loaded: exact, only not batched.
+    round. The other model methods named in ``methods`` (``loglikelihood``,
+    ``loglikelihood_tokens``) are forwarded too and run for this particle alone, with its
+    position loaded: exact, only not batched.
     """
 
     def __init__(

@@ -107,6 +107,17 @@ class Evaluator:
             prompts, continuations, self.config.objective.batch_size
         )
 
+    def loglikelihood_tokens(
+        self, prompts: list[str], continuations: list[str]
+    ) -> list[tuple[float, int]]:
+        """:meth:`loglikelihood` with the number of tokens each continuation was scored over.
+
+        Makes the evaluator a :class:`swarmq.objectives.TokenLikelihoodScorer`.
+        """
+        return self._resident.loglikelihood_tokens(
+            prompts, continuations, self.config.objective.batch_size
+        )
+
     def evaluate(
         self, layout: Layout, vector: np.ndarray, split: Literal["dev", "test"] = "dev"
     ) -> UtilityResult:
@@ -157,7 +168,7 @@ class Evaluator:
     # ------------------------------------------------------------------ several positions at once
     #: Model methods a utility may call besides ``generate`` and ``generate_chat``: in a shared
     #: batch they run for one particle at a time, with its position in the default adapter.
-    PER_PARTICLE_METHODS: tuple[str, ...] = ("loglikelihood",)
+    PER_PARTICLE_METHODS: tuple[str, ...] = ("loglikelihood", "loglikelihood_tokens")
 
     @property
     def particles_per_batch(self) -> int:

@@ -520,14 +520,24 @@ class ResidentModel:
     ) -> list[float]:
         """Sum of the log-probabilities of each continuation's tokens given its prompt.
 
-        A continuation's last token is predicted, never read, so each pair runs as the row
-        ``context + target[:-1]``; pairs whose rows are equal share one row. The options of a
-        multiple-choice question scored by their letters (one token each after one prompt)
-        thus cost one forward row instead of one per option. Rows are left-padded with explicit
-        position ids, so a padded row is computed exactly as it would be alone; only the last
-        positions' logits are kept (``logits_to_keep``), which spares a (batch x length x
-        vocabulary) tensor. Deterministic: rows and batches are formed from the inputs alone,
-        as in :meth:`generate`.
+        See :meth:`loglikelihood_tokens`, which this is without the token counts.
+        """
+        return [total for total, _ in self.loglikelihood_tokens(prompts, continuations, batch_size)]
+
+    def loglikelihood_tokens(
+        self, prompts: list[str], continuations: list[str], batch_size: int
+    ) -> list[tuple[float, int]]:
+        """Per pair, the summed log-probability of the continuation's tokens given the prompt,
+        and how many tokens that is.
+
+        Each distinct context (the prompt's tokens) is computed once: a batch of contexts runs
+        left-padded, with explicit position ids, so a padded row is computed as it would be
+        alone; its last position scores every continuation's first token, and its keys and
+        values are kept. The remaining tokens of the continuations (a continuation's last token
+        is predicted, never read) then run as rows on top of their context's cache. So the four
+        endings of a question cost one context plus four short rows, and options of one token
+        (letters after one prompt) cost the context alone. Deterministic: contexts and batches
+        are formed from the inputs alone, as in :meth:`generate`.
         """
         if len(prompts) != len(continuations):
             raise ModelError(
@@ -539,43 +549,104 @@ class ResidentModel:
         pairs = [
             self._split_continuation(p, c) for p, c in zip(prompts, continuations, strict=True)
         ]
-        # rows: each distinct input sequence, with the (pair, target) it predicts.
-        rows: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
-        for i, (context, target) in enumerate(pairs):
-            rows.setdefault(tuple(context + target[:-1]), []).append((i, target))
-        inputs = list(rows)
-        order = sorted(range(len(inputs)), key=lambda r: -len(inputs[r]))
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (context, _) in enumerate(pairs):
+            groups.setdefault(tuple(context), []).append(i)
+        contexts = list(groups)
+        order = sorted(range(len(contexts)), key=lambda r: -len(contexts[r]))
         keep_last = self._accepts("logits_to_keep")
         pad = self.tokenizer.pad_token_id
-        out = [0.0] * len(pairs)
+        out = [(0.0, 0)] * len(pairs)
         with self.lock, torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
-                width = max(len(inputs[r]) for r in batch)
-                # The logits at position k predict token k + 1: a row of width W whose
-                # targets are T tokens long is predicted by its positions W-T .. W-1.
-                need = max(len(t) for r in batch for _, t in rows[inputs[r]])
+                width = max(len(contexts[r]) for r in batch)
                 input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
                 for row, r in enumerate(batch):
-                    ids = inputs[r]
+                    ids = contexts[r]
                     input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                     mask[row, width - len(ids) :] = 1
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                extra: dict[str, Any] = {"logits_to_keep": need} if keep_last else {}
-                logits = self.model(
+                # (row in this batch, pair) of the continuations longer than one token.
+                longer = [
+                    (row, i)
+                    for row, r in enumerate(batch)
+                    for i in groups[contexts[r]]
+                    if len(pairs[i][1]) > 1
+                ]
+                extra: dict[str, Any] = {"logits_to_keep": 1} if keep_last else {}
+                result = self.model(
                     input_ids=input_ids.to(self.device),
                     attention_mask=mask.to(self.device),
                     position_ids=positions.to(self.device),
+                    use_cache=bool(longer),
                     **extra,
-                ).logits
-                logprobs = torch.log_softmax(logits[:, -need:, :].float(), dim=-1)
+                )
+                first = torch.log_softmax(result.logits[:, -1, :].float(), dim=-1)
+                rest: dict[int, float] = {}
+                if longer:
+                    # transformers 5 names the output's cache ``cache``, earlier versions
+                    # ``past_key_values``.
+                    cache = getattr(result, "cache", None)
+                    if cache is None:
+                        cache = result.past_key_values
+                    rest = self._score_rest(pairs, longer, cache, mask, batch_size)
                 for row, r in enumerate(batch):
-                    for i, target in rows[inputs[r]]:
-                        want = torch.tensor(target, dtype=torch.long, device=logprobs.device)
-                        n = want.shape[0]
-                        # Kept positions 0 .. need-1 are absolute W-need .. W-1; the n targets'
-                        # predictors are the last n of them.
-                        picked = logprobs[row, need - n :, :].gather(-1, want.unsqueeze(-1))
-                        out[i] = float(picked.sum().item())
+                    for i in groups[contexts[r]]:
+                        target = pairs[i][1]
+                        head = float(first[row, target[0]].item())
+                        out[i] = (head + rest.get(i, 0.0), len(target))
+        return out
+
+    def _score_rest(
+        self,
+        pairs: list[tuple[list[int], list[int]]],
+        longer: list[tuple[int, int]],
+        cache: Any,
+        mask: torch.Tensor,
+        batch_size: int,
+    ) -> dict[int, float]:
+        """Per pair of ``longer``, the summed log-probability of its continuation's tokens after
+        the first, computed on top of its context's cached keys and values (``cache``, rows of
+        the context batch whose padding ``mask`` has)."""
+        # A continuation row reads target[:-1]; pairs of one context that read the same tokens
+        # (" A", " B" under a character tokenizer) share the row.
+        reads: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+        for row, i in longer:
+            reads.setdefault((row, tuple(pairs[i][1][:-1])), []).append(i)
+        # Longest first, as the contexts: rows of similar length share a batch.
+        members = sorted(reads, key=lambda m: -len(m[1]))
+        lengths = mask.sum(-1)
+        pad = self.tokenizer.pad_token_id
+        cache_arg = "cache" if self._accepts("cache") else "past_key_values"
+        out: dict[int, float] = {}
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            rows = torch.tensor([row for row, _ in chunk], dtype=torch.long)
+            # Right-padded: the causal mask keeps a real token from seeing the padding after it.
+            width = max(len(read) for _, read in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            own = torch.zeros((len(chunk), width), dtype=torch.long)
+            for k, (_, read) in enumerate(chunk):
+                input_ids[k, : len(read)] = torch.tensor(read, dtype=torch.long)
+                own[k, : len(read)] = 1
+            positions = lengths[rows].unsqueeze(-1) + torch.arange(width).unsqueeze(0)
+            # Each chunk gets its own copy of its contexts' cache: a forward appends to it.
+            past = copy.deepcopy(cache)
+            past.batch_select_indices(rows.to(self.device))
+            logits = self.model(
+                input_ids=input_ids.to(self.device),
+                attention_mask=torch.cat([mask[rows], own], dim=-1).to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=True,
+                **{cache_arg: past},
+            ).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for k, key in enumerate(chunk):
+                for i in reads[key]:
+                    rest = pairs[i][1][1:]
+                    want = torch.tensor(rest, dtype=torch.long, device=logprobs.device)
+                    picked = logprobs[k, : len(rest), :].gather(-1, want.unsqueeze(-1))
+                    out[i] = float(picked.sum().item())
         return out

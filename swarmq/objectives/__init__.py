@@ -15,6 +15,7 @@ from swarmq.objectives._base import (
     ChatGenerator,
     LikelihoodScorer,
     TextGenerator,
+    TokenLikelihoodScorer,
     Utility,
     UtilityOptions,
     UtilityResult,
@@ -37,6 +38,7 @@ from swarmq.objectives.exact_match import ExactMatch, answer_in_output, answer_i
 from swarmq.objectives.human_interest import HumanInterest, parse_rating
 from swarmq.objectives.multiple_choice import (
     MultipleChoice,
+    OptionScore,
     build_prompt,
     option_probabilities,
     parse_choice,
@@ -54,8 +56,10 @@ __all__ = [
     "LikelihoodScorer",
     "MultipleChoice",
     "Multitask",
+    "OptionScore",
     "RewardModel",
     "TextGenerator",
+    "TokenLikelihoodScorer",
     "Utility",
     "UtilityOptions",
     "UtilityResult",

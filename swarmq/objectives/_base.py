@@ -26,6 +26,7 @@ __all__ = [
     "LikelihoodScorer",
     "RespondingUtility",
     "TextGenerator",
+    "TokenLikelihoodScorer",
     "Utility",
     "UtilityOptions",
     "UtilityResult",
@@ -61,6 +62,20 @@ class LikelihoodScorer(Protocol):
 
 
 @runtime_checkable
+class TokenLikelihoodScorer(Protocol):
+    """Optional generator capability: :class:`LikelihoodScorer` with token counts.
+
+    ``loglikelihood_tokens`` returns, for each ``(prompt, continuation)`` pair in order, the
+    sum of the continuation's tokens' log-probabilities given the prompt (as ``loglikelihood``)
+    and the number of tokens scored, so that options can be compared per token.
+    """
+
+    def loglikelihood_tokens(
+        self, prompts: list[str], continuations: list[str]
+    ) -> list[tuple[float, int]]: ...
+
+
+@runtime_checkable
 class ChatGenerator(Protocol):
     """Optional generator capability: greedy replies to prompts sent as one chat user turn.
 
@@ -81,7 +96,9 @@ def require_capability(generator: Any, capability: type, utility: str, why: str)
     if isinstance(generator, capability):
         return generator
     methods = ", ".join(
-        name for name in ("loglikelihood", "generate_chat") if name in vars(capability)
+        name
+        for name in ("loglikelihood", "loglikelihood_tokens", "generate_chat")
+        if name in vars(capability)
     )
     raise UtilityError(
         f"utility {utility!r} {why}, which needs a generator with {methods}() "
