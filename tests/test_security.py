@@ -567,6 +567,96 @@ def test_flower_refuses_to_start_without_authentication(tmp_path: Path) -> None:
     assert "--basic-auth" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("auth", ["admin:", ":", ":pw", "admin:pw,guest:", "admin"])
+def test_flower_refuses_an_empty_user_or_password(auth: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARMQ_", "FLOWER_"))}
+    broker = f"redis://127.0.0.1:{free_port()}/0"
+    for how in (["--basic-auth", auth], []):
+        result = _swarmq(
+            "--broker",
+            broker,
+            "flower",
+            *how,
+            env=env | ({} if how else {"FLOWER_BASIC_AUTH": auth}),
+        )
+        assert result.returncode == 2, result.stderr
+        assert "needs a user and a password, both non-empty" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "pw" not in result.stderr
+
+
+def _http(url: str, auth: str | None = None) -> int:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url)
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+@pytest.mark.slow
+def test_every_flower_endpoint_needs_the_credentials(tmp_path: Path) -> None:
+    redis_url = os.environ.get("SWARMQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARMQ_", "FLOWER_"))}
+    env |= {"SWARMQ_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    env |= {"FLOWER_BASIC_AUTH": f"admin:{PASSWORD}"}
+    log = (tmp_path / "flower.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swarmq", "--broker", redis_url, "flower", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                _http(base + "/healthcheck")
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "flower.log").read_text()
+                time.sleep(0.2)
+        paths = [
+            "/metrics",
+            "/healthcheck",
+            "/",
+            "/workers",
+            "/tasks",
+            "/api/workers",
+            "/api/task/types",
+            "/static/css/flower.css",
+            "/no-such-page",
+        ]
+        for path in paths:
+            assert _http(base + path) == 401, path
+            assert _http(base + path, f"admin:{PASSWORD}x") == 401, path
+            assert _http(base + path, "admin:") == 401, path
+        assert _http(base + "/metrics", f"admin:{PASSWORD}") == 200
+        assert _http(base + "/healthcheck", f"admin:{PASSWORD}") == 200
+        # It listens on the loopback address only, unless told otherwise.
+        banner = (tmp_path / "flower.log").read_text()
+        assert f"Flower on http://127.0.0.1:{port}" in banner and PASSWORD not in banner
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: only the route is chosen
+            outward = probe.getsockname()[0]
+        if not outward.startswith("127."):
+            with pytest.raises(OSError):
+                socket.create_connection((outward, port), timeout=2).close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
 def test_docker_compose_puts_flower_behind_basic_auth() -> None:
     compose = REPO / "docker-compose.yml"
     assert compose.is_file(), f"{compose.name} is missing: the deployment must ship one"
@@ -584,7 +674,30 @@ def test_docker_compose_puts_flower_behind_basic_auth() -> None:
     assert auth, "the flower service sets neither FLOWER_BASIC_AUTH nor --basic-auth"
     # The credentials come from the environment (.env), required, with no default in the file.
     assert "${FLOWER_BASIC_AUTH:?" in str(auth) or "${FLOWER_BASIC_AUTH?" in str(auth), auth
-    # The service runs `swarmq flower`, which refuses to start without them.
-    if argv and argv[0] == "flower":
-        dockerfile = REPO / flower["build"]["dockerfile"]
-        assert 'ENTRYPOINT ["swarmq"]' in dockerfile.read_text(), dockerfile
+    # The service runs `swarmq flower`, which refuses to start without them, or with an empty
+    # user or password (which ${FLOWER_BASIC_AUTH:?} lets through: "admin:" is not empty).
+    assert argv[:1] == ["flower"], argv
+    dockerfile = REPO / flower["build"]["dockerfile"]
+    assert 'ENTRYPOINT ["swarmq"]' in dockerfile.read_text(), dockerfile
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARMQ_", "FLOWER_"))}
+    broker = f"redis://127.0.0.1:{free_port()}/0"
+    for empty in ("admin:", ":"):
+        result = _swarmq("--broker", broker, *argv, env=env | {"FLOWER_BASIC_AUTH": empty})
+        assert result.returncode == 2 and "both non-empty" in result.stderr, result.stderr
+    # Its health check sends the credentials: no endpoint answers without them.
+    assert "FLOWER_BASIC_AUTH" in " ".join(flower["healthcheck"]["test"])
+
+
+def test_docker_compose_file_is_valid() -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARMQ_", "FLOWER_"))}
+    passwords = {"POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x", "FLOWER_BASIC_AUTH": "a:b"}
+    command = [compose, "-f", str(REPO / "docker-compose.yml"), "config", "-q"]
+    ok = subprocess.run(command, env=env | passwords, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    for missing in passwords:
+        without = {k: v for k, v in passwords.items() if k != missing}
+        bad = subprocess.run(command, env=env | without, capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and missing in bad.stderr, bad.stderr

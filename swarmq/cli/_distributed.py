@@ -102,11 +102,17 @@ def worker(
 
 @main.command()
 @click.option("--port", default=5555, show_default=True, type=int)
-@click.option("--address", default="0.0.0.0", show_default=True)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 serves every network this machine is on.",
+)
 @click.option(
     "--basic-auth",
     envvar="FLOWER_BASIC_AUTH",
-    help="user:password[,user2:password2] (or FLOWER_BASIC_AUTH); required unless --no-auth.",
+    help="user:password[,user2:password2] (or FLOWER_BASIC_AUTH), neither empty; required "
+    "unless --no-auth. Every endpoint asks for it, /metrics and /healthcheck included.",
 )
 @click.option("--no-auth", is_flag=True, help="Serve without authentication (a closed network).")
 @click.pass_obj
@@ -115,24 +121,25 @@ def flower(
 ) -> None:
     """Start Flower, the Celery monitor, on the configured broker, with basic auth."""
     from swarmq.execution import require_broker
+    from swarmq.execution.flower import parse_basic_auth
 
     require_broker(settings)
-    if not basic_auth and not no_auth:
+    if basic_auth is not None and not no_auth:
+        parse_basic_auth(basic_auth)  # an empty user or password is refused, not served
+    elif not no_auth:
         raise ConfigError(
             "Flower shows every task's arguments and can shut workers down: give "
             "--basic-auth user:password (or FLOWER_BASIC_AUTH), or --no-auth on a closed network"
         )
-    if basic_auth and any(":" not in pair for pair in basic_auth.split(",")):
-        raise ConfigError("--basic-auth must be user:password (comma-separated for several)")
     env = os.environ | settings.to_env()
     env.pop("FLOWER_BASIC_AUTH", None)
-    if basic_auth:
+    if basic_auth and not no_auth:
         # Through the environment, not the command line, which every local user can read.
         env["FLOWER_BASIC_AUTH"] = basic_auth
     argv = [
         sys.executable,
         "-m",
-        "celery",
+        "swarmq.execution.flower",  # Flower with the credential check on every endpoint
         "-A",
         "swarmq.execution.worker",
         "flower",
@@ -140,8 +147,7 @@ def flower(
         f"--address={address}",
     ]
     err_console.print(
-        f"Flower on http://{address}:{port} ({'basic auth' if basic_auth else 'no auth'})",
-        highlight=False,
+        f"Flower on http://{address}:{port} ({'no auth' if no_auth else 'basic auth'})"
     )
     os.execvpe(argv[0], argv, env)
 
