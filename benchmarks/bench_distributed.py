@@ -89,7 +89,16 @@ def uneven_duration(vector: np.ndarray, options: dict[str, Any]) -> float:
     """
     digest = hashlib.sha256(vector.tobytes()).digest()
     rng = np.random.default_rng([int.from_bytes(digest[:8], "little"), int(options["seed"])])
-    value = rng.lognormal(np.log(float(options["median"])), float(options["sigma"]))
+    z = rng.standard_normal()
+    rho = float(options.get("correlation", 0.0))
+    if rho:
+        # A model's evaluation time follows its weights (how long its answers are): mostly a
+        # smooth function of the position, here its projection on a fixed direction, so that
+        # a particle, which moves a little per iteration, keeps much of its duration.
+        direction = np.random.default_rng(int(options["seed"])).standard_normal(vector.size)
+        smooth = float(np.dot(direction, vector) / np.linalg.norm(direction))
+        z = rho * smooth + np.sqrt(1.0 - rho * rho) * z
+    value = float(options["median"]) * np.exp(float(options["sigma"]) * z)
     return float(np.clip(value, float(options["min"]), float(options["max"])))
 
 
@@ -312,17 +321,17 @@ def _optuna_process(url: str, study: str, trials: int, barrier: Any) -> None:
     loaded.optimize(lambda t: t.suggest_float("x", -1.0, 1.0) ** 2, n_trials=trials)
 
 
-def optuna_throughput(url: str, processes: int, trials: int) -> Throughput:
+def optuna_throughput(url: str, processes: int, trials: int, study: str = "noop") -> Throughput:
     """Trials per second of ``processes`` processes sharing one study in optuna's RDBStorage."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    optuna.create_study(study_name="noop", storage=optuna.storages.RDBStorage(url))
+    optuna.create_study(study_name=study, storage=optuna.storages.RDBStorage(url))
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(processes + 1)
     per_process = trials // processes
     procs = [
-        ctx.Process(target=_optuna_process, args=(url, "noop", per_process, barrier))
+        ctx.Process(target=_optuna_process, args=(url, study, per_process, barrier))
         for _ in range(processes)
     ]
     for p in procs:
@@ -348,6 +357,10 @@ class Efficiency:
     workers: int
     barrier_bound: float  # the best a search with iteration barriers can do
     fifo: float  # the same barriers, evaluations taken in queue order by the first free worker
+    # Per iteration boundary, medians: last result recorded -> next iteration committed by the
+    # coordinator -> its first evaluation claimed by a worker.
+    to_applied: float
+    to_started: float
 
     @property
     def ideal(self) -> float:
@@ -355,9 +368,23 @@ class Efficiency:
 
 
 def scheduling_efficiency(
-    client: Any, pool: Path, workers: int, particles: int, iterations: int
+    client: Any,
+    pool: Path,
+    workers: int,
+    particles: int,
+    iterations: int,
+    correlation: float = 0.0,
 ) -> Efficiency:
-    options = {"hook": "uneven", "seed": 3, "median": 0.25, "sigma": 0.8, "min": 0.02, "max": 2.0}
+    options: dict[str, Any] = {
+        "hook": "uneven",
+        "seed": 3,
+        "median": 0.25,
+        "sigma": 0.8,
+        "min": 0.02,
+        "max": 2.0,
+    }
+    if correlation:
+        options["correlation"] = correlation
     cfg = search_config(pool, "uneven", particles=particles, iterations=iterations, options=options)
     t0 = time.perf_counter()
     sid = client.submit(cfg, check_objective=False)
@@ -375,7 +402,31 @@ def scheduling_efficiency(
     bound = sum(max(sum(d) / workers, max(d)) for d in durations)
     work = sum(sum(d) for d in durations)
     fifo = sum(_fifo_makespan(d, workers) for d in durations)
-    return Efficiency(len(done), work, wall, workers, bound, fifo)
+    applied, started = _transitions(client.runtime.db, sid, done)
+    return Efficiency(len(done), work, wall, workers, bound, fifo, applied, started)
+
+
+def _transitions(db: Any, search_id: str, done: list[Any]) -> tuple[float, float]:
+    """Medians over iteration boundaries: last result -> next iteration committed -> claimed."""
+    from sqlalchemy import select
+
+    from swarmq.storage import IterationRow
+
+    with db.session() as s:
+        its = {
+            it.number: it
+            for it in s.scalars(select(IterationRow).where(IterationRow.search_id == search_id))
+        }
+    dev = [e for e in done if e.split == "dev"]
+    to_applied, to_started = [], []
+    for k in sorted(its):
+        now, nxt = [e for e in dev if e.iteration == k], [e for e in dev if e.iteration == k + 1]
+        if not now or not nxt or its[k].applied_at is None:
+            continue
+        last = max(e.finished_at for e in now)
+        to_applied.append((its[k].applied_at - last).total_seconds())
+        to_started.append((min(e.started_at for e in nxt) - its[k].applied_at).total_seconds())
+    return statistics.median(to_applied), statistics.median(to_started)
 
 
 def _fifo_makespan(durations: list[float], workers: int) -> float:
@@ -483,7 +534,15 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=30, help="(a): iterations")
     ap.add_argument("--uneven-workers", type=int, default=4, help="(b): evaluation processes")
     ap.add_argument("--repeats", type=int, default=3, help="(c): restarts of each variant")
+    ap.add_argument(
+        "--throughput-repeats",
+        type=int,
+        default=3,
+        help="(a): runs of each system, alternated (swarmq, optuna, swarmq, ...)",
+    )
+    ap.add_argument("--only", choices=("a", "b", "c"), action="append", help="run only these parts")
     args = ap.parse_args()
+    parts = set(args.only or ("a", "b", "c"))
 
     import redis
 
@@ -522,65 +581,101 @@ def main() -> None:
             cluster.wait_ready("evaluate")
             # Warm-up: every pool process has opened its connections and read the pool.
             swarmq_throughput(client, pool, particles=2 * args.workers, iterations=2)
-            ours = swarmq_throughput(client, pool, args.particles, args.iterations)
-            theirs = optuna_throughput(optuna_url, args.workers, ours.evaluations)
+            ours: list[Throughput] = []
+            theirs: list[Throughput] = []
+            for k in range(args.throughput_repeats if "a" in parts else 0):
+                # Alternated, so that both systems see the same load of the shared machine.
+                ours.append(swarmq_throughput(client, pool, args.particles, args.iterations))
+                theirs.append(
+                    optuna_throughput(optuna_url, args.workers, ours[-1].evaluations, f"noop{k}")
+                )
 
-            cluster.stop("evaluate")
-            cluster.start("evaluate", "--concurrency", str(args.uneven_workers))
-            cluster.wait_ready("evaluate")
-            uneven = scheduling_efficiency(
-                client, pool, args.uneven_workers, particles=12, iterations=6
-            )
-            restarts = coordinator_restarts(cluster, client, pool, args.redis, args.repeats)
+            if parts & {"b", "c"}:
+                cluster.stop("evaluate")
+                cluster.start("evaluate", "--concurrency", str(args.uneven_workers))
+                cluster.wait_ready("evaluate")
+            if "b" in parts:
+                uneven = scheduling_efficiency(
+                    client, pool, args.uneven_workers, particles=12, iterations=6
+                )
+                smooth = scheduling_efficiency(
+                    client, pool, args.uneven_workers, particles=12, iterations=6, correlation=0.8
+                )
+            if "c" in parts:
+                restarts = coordinator_restarts(cluster, client, pool, args.redis, args.repeats)
         finally:
             cluster.stop_all()
             client.runtime.db.engine.dispose()
             broker.flushdb()
 
-    print(f"(a) no-op evaluations, {args.workers} evaluation processes, PostgreSQL + Redis")
-    print("| system | work | time | per second | ratio |")
-    print("| --- | --- | --- | --- | --- |")
-    print(
-        f"| swarmq (submit to last final evaluation) | {ours.evaluations} evaluations, "
-        f"{ours.coordinations} coordinations | {ours.seconds:.2f} s | {ours.per_second:.0f} | "
-        f"{ours.per_second / theirs.per_second:.2f}x |"
-    )
-    print(
-        f"| optuna RDBStorage, RandomSampler | {theirs.evaluations} trials | "
-        f"{theirs.seconds:.2f} s | {theirs.per_second:.0f} | 1.00x |"
-    )
-    print()
-    print(
-        f"(b) uneven evaluations: {uneven.evaluations}, log-normal durations (median 0.25 s, "
-        f"sigma 0.8, clipped to 0.02-2 s), {uneven.workers} evaluation processes"
-    )
-    print("| measure | seconds | efficiency (bound / wall) |")
-    print("| --- | --- | --- |")
-    print(f"| total evaluation work | {uneven.work:.2f} | |")
-    print(f"| ideal: work / workers | {uneven.ideal:.2f} | {uneven.ideal / uneven.wall:.0%} |")
-    print(
-        f"| ideal with iteration barriers | {uneven.barrier_bound:.2f} | "
-        f"{uneven.barrier_bound / uneven.wall:.0%} |"
-    )
-    print(
-        f"| the same, in queue order (no overhead) | {uneven.fifo:.2f} | "
-        f"{uneven.fifo / uneven.wall:.0%} |"
-    )
-    print(f"| wall time, submit to finish | {uneven.wall:.2f} | |")
-    print()
-    print(
-        f"(c) coordinator restart to the next evaluation, median of {args.repeats} "
-        "(seconds from starting the new coordinator)"
-    )
-    print("| coordination message | ready | next iteration recorded | its first evaluation |")
-    print("| --- | --- | --- | --- |")
-    for variant in ("queued", "lost"):
-        rs = [r for r in restarts if r.variant == variant]
+    if "a" in parts:
         print(
-            f"| {variant} | {_median([r.to_ready for r in rs]):.2f} | "
-            f"{_median([r.to_applied for r in rs]):.2f} | "
-            f"{_median([r.to_started for r in rs]):.2f} |"
+            f"(a) no-op evaluations, {args.workers} evaluation processes, PostgreSQL + Redis, "
+            f"{args.throughput_repeats} runs of each, alternated"
         )
+        print("| system | work | each run: time (per second) | median per second | ratio |")
+        print("| --- | --- | --- | --- | --- |")
+        ours_median = _median([t.per_second for t in ours])
+        theirs_median = _median([t.per_second for t in theirs])
+        print(
+            f"| swarmq (submit to last final evaluation) | {ours[0].evaluations} evaluations, "
+            f"{ours[0].coordinations} coordinations | "
+            + ", ".join(f"{t.seconds:.2f} s ({t.per_second:.0f})" for t in ours)
+            + f" | {ours_median:.0f} | {ours_median / theirs_median:.2f}x |"
+        )
+        print(
+            f"| optuna RDBStorage, RandomSampler | {theirs[0].evaluations} trials | "
+            + ", ".join(f"{t.seconds:.2f} s ({t.per_second:.0f})" for t in theirs)
+            + f" | {theirs_median:.0f} | 1.00x |"
+        )
+        print(
+            "run by run: "
+            + ", ".join(
+                f"{a.per_second / b.per_second:.2f}x" for a, b in zip(ours, theirs, strict=True)
+            )
+        )
+        print()
+    if "b" not in parts:
+        uneven_runs = []
+    else:
+        uneven_runs = [("independent of the particle", uneven), ("correlation 0.8", smooth)]
+    for name, eff in uneven_runs:
+        print(
+            f"(b) uneven evaluations, durations {name}: {eff.evaluations}, log-normal "
+            f"(median 0.25 s, sigma 0.8, clipped to 0.02-2 s), {eff.workers} evaluation processes"
+        )
+        print("| measure | seconds | efficiency (bound / wall) |")
+        print("| --- | --- | --- |")
+        print(f"| total evaluation work | {eff.work:.2f} | |")
+        print(f"| ideal: work / workers | {eff.ideal:.2f} | {eff.ideal / eff.wall:.0%} |")
+        print(
+            f"| ideal with iteration barriers | {eff.barrier_bound:.2f} | "
+            f"{eff.barrier_bound / eff.wall:.0%} |"
+        )
+        print(
+            f"| the same, in queue order (no overhead) | {eff.fifo:.2f} | "
+            f"{eff.fifo / eff.wall:.0%} |"
+        )
+        print(f"| wall time, submit to finish | {eff.wall:.2f} | |")
+        print(
+            f"| per iteration: last result -> coordination applying -> next claimed | "
+            f"{eff.to_applied:.3f} + {eff.to_started:.3f} | |"
+        )
+        print()
+    if "c" in parts:
+        print(
+            f"(c) coordinator restart to the next evaluation, median of {args.repeats} "
+            "(seconds from starting the new coordinator)"
+        )
+        print("| coordination message | ready | next iteration recorded | its first evaluation |")
+        print("| --- | --- | --- | --- |")
+        for variant in ("queued", "lost"):
+            rs = [r for r in restarts if r.variant == variant]
+            print(
+                f"| {variant} | {_median([r.to_ready for r in rs]):.2f} | "
+                f"{_median([r.to_applied for r in rs]):.2f} | "
+                f"{_median([r.to_started for r in rs]):.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -282,3 +282,66 @@ def test_unknown_search_is_named(tmp_path: Path) -> None:
     runner = EmbeddedRunner(Settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art"))
     with pytest.raises(NotFoundError, match="'nope' does not exist"):
         runner.drive("nope")
+
+
+class _Recorder:
+    """A dispatcher that keeps what it is asked to send, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def send_evaluation(self, search_id: str, iteration: int, particle: int, split: str) -> None:
+        self.sent.append(("evaluate", iteration, particle, split))
+
+    def send_coordination(self, search_id: str, iteration: int) -> None:
+        self.sent.append(("coordinate", iteration))
+
+
+def test_next_iteration_is_sent_longest_expected_first(
+    url: str, tmp_path: Path, pool: Path
+) -> None:
+    from datetime import timedelta
+
+    from swarmq.engine import Runtime
+    from swarmq.storage import Database, LocalArtifactStore
+
+    db = Database(url)
+    db.upgrade()
+    recorder = _Recorder()
+    rt = Runtime(db=db, store=LocalArtifactStore(tmp_path / "art"), dispatcher=recorder)
+    rt.evaluate = distance_utility
+    cfg = config(pool, max_iterations=5)
+    sid = create_search(rt, cfg, check_objective=False)
+    n = cfg.search.particles
+    assert n is not None and n >= 4
+    # Seconds each particle's evaluations took: iteration 0, then iteration 1.
+    first = [1.0, 5.0, 2.0, 4.0] + [3.0] * (n - 4)
+    second = [8.0, 1.0, 2.0, 4.0] + [3.0] * (n - 4)
+
+    def evaluate_all(iteration: int, seconds: list[float]) -> None:
+        for p in range(n):
+            run_evaluation(rt, sid, iteration, p)
+        with db.session() as s:
+            for ev in s.scalars(
+                select(EvaluationRow).where(
+                    EvaluationRow.search_id == sid, EvaluationRow.iteration == iteration
+                )
+            ):
+                assert ev.started_at is not None
+                ev.finished_at = ev.started_at + timedelta(seconds=seconds[ev.particle])
+
+    evaluate_all(0, first)
+    assert coordinate_iteration(rt, sid, 0).status == "applied"
+    order = [m[2] for m in recorder.sent if m[0] == "evaluate" and m[1] == 1]
+    assert order[:2] == [1, 3] and order[-1] == 0
+    assert order == sorted(range(n), key=lambda p: (-first[p], p))
+
+    # The mean of the recorded durations decides: particle 0 (1 s, then 8 s) now comes first.
+    recorder.sent.clear()
+    evaluate_all(1, second)
+    assert coordinate_iteration(rt, sid, 1).status == "applied"
+    order = [m[2] for m in recorder.sent if m[0] == "evaluate" and m[1] == 2]
+    mean = [(a + b) / 2 for a, b in zip(first, second, strict=True)]
+    assert order == sorted(range(n), key=lambda p: (-mean[p], p))
+    assert order[0] == 0
+    db.engine.dispose()
