@@ -443,7 +443,7 @@ def test_cli_baselines_report_and_exports(
     assert result.exit_code == 0, result.output
     assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
     provenance = json.loads((merged / "swarmq_export.json").read_text())
-    assert provenance["swarmq_search"] == sid
+    assert provenance["swarmq_position_hash"] and "swarmq_search" not in provenance
     # The merged model computes what the base model with the adapter computes.
     peft_model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_world["base"]), adapter

@@ -217,7 +217,6 @@ def global_best_position(
                 f"search {search_id!r} has no evaluated iteration yet; nothing to export"
             )
         info = {
-            "swarmq_search": search.id,
             "swarmq_particle": str(last.best_particle),
             "swarmq_iteration": str(last.best_iteration),
             "swarmq_utility": repr(last.best_utility),

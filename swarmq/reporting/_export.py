@@ -57,7 +57,6 @@ def personal_best_position(
                 f"search {search_id!r} has no evaluated iteration yet; nothing to export"
             )
         info = {
-            "swarmq_search": search.id,
             "swarmq_particle": str(particle),
             "swarmq_iteration": str(state.best_iteration),
             "swarmq_utility": repr(state.best_utility),

@@ -83,6 +83,42 @@ def _is_previous_export(folder: Path) -> bool:
     return True
 
 
+def _bfloat16_bytes(arr: np.ndarray) -> bytes:
+    """Little-endian bfloat16 bytes of a float32 array, rounded to nearest even like torch."""
+    bits = np.ascontiguousarray(arr, dtype="<f4").view("<u4").astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype("<u2").tobytes()
+
+
+def _write_safetensors(
+    path: Path, blobs: dict[str, tuple[str, tuple[int, ...], bytes]], metadata: dict[str, str]
+) -> None:
+    """Write a safetensors file whose bytes depend only on its content.
+
+    The safetensors library writes its metadata in hash-map order, which changes from one
+    process to the next, so two exports of the same position differed. Here the header is
+    JSON with sorted keys, tensors are laid out in key order, and the header is padded with
+    spaces to a multiple of 8 bytes, as the format asks.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for key in sorted(blobs):
+        dtype, shape, data = blobs[key]
+        header[key] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        offset += len(data)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with path.open("wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for key in sorted(blobs):
+            f.write(blobs[key][2])
+
+
 def _replace_atomically(target: Path, write: Any) -> None:
     # A hidden temp file in the same folder, so os.replace is a rename on one filesystem and a
     # crash never leaves a half-written file under the real name.
@@ -142,25 +178,15 @@ def export_adapter(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     weights_name = ADAPTER_WEIGHTS if adapter_config is not None else PLAIN_WEIGHTS
-    if any(spec.dtype == "BF16" for spec in layout.tensors):
-        import torch
-        from safetensors.torch import save_file as save_torch
-
-        dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16}
-        as_torch = {
-            spec.key: torch.from_numpy(tensors[spec.key]).to(dtypes.get(spec.dtype, torch.bfloat16))
-            for spec in layout.tensors
-        }
-        _replace_atomically(
-            out_dir / weights_name, lambda p: save_torch(as_torch, str(p), metadata=header)
-        )
-    else:
-        from safetensors.numpy import save_file as save_numpy
-
-        _replace_atomically(
-            out_dir / weights_name, lambda p: save_numpy(tensors, str(p), metadata=header)
-        )
-
+    blobs: dict[str, tuple[str, tuple[int, ...], bytes]] = {}
+    for spec in layout.tensors:
+        arr = tensors[spec.key]
+        if spec.dtype == "BF16":
+            data = _bfloat16_bytes(arr)
+        else:
+            data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+        blobs[spec.key] = (spec.dtype, tuple(arr.shape), data)
+    _replace_atomically(out_dir / weights_name, lambda p: _write_safetensors(p, blobs, header))
     if adapter_config is not None:
         text = json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"
         _replace_atomically(out_dir / ADAPTER_CONFIG, lambda p: p.write_text(text, "utf-8"))
