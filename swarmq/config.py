@@ -109,6 +109,11 @@ class SwarmConfig(_Frozen):
     restart: bool = True
     dropout_k: float = Field(0.0, ge=0.0, lt=1.0, description="skip a whole iteration")
     dropout_n: float = Field(0.0, ge=0.0, lt=1.0, description="skip one particle's evaluation")
+    mode: Literal["synchronous", "asynchronous"] = Field(
+        "synchronous",
+        description="synchronous: the paper's iterations with a barrier; asynchronous: each "
+        "particle moves as soon as its own evaluation is applied",
+    )
 
     @model_validator(mode="after")
     def _some_pull(self) -> SwarmConfig:
@@ -117,6 +122,25 @@ class SwarmConfig(_Frozen):
             raise ValueError(
                 "inertia + cognitive + social (+ repel) is 0: the velocity update would divide "
                 "by zero; set at least one of them above 0"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _asynchronous_options(self) -> SwarmConfig:
+        # Dropout skips a whole iteration or a particle's turn in it, and the 'best' starting
+        # velocity waits for iteration 0's global best: both presuppose the barrier.
+        if self.mode != "asynchronous":
+            return self
+        for name in ("dropout_k", "dropout_n"):
+            if getattr(self, name) != 0.0:
+                raise ValueError(
+                    f"{name} = {getattr(self, name)} needs the iteration barrier; set it to 0 "
+                    "or use mode = 'synchronous'"
+                )
+        if self.initial_velocity == "best":
+            raise ValueError(
+                "initial_velocity = 'best' needs iteration 0's global best before anyone "
+                "moves; use 'random' or 'zero', or mode = 'synchronous'"
             )
         return self
 

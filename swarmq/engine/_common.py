@@ -77,7 +77,8 @@ def search_in_txn(session: Session, search_id: str, *, lock: bool = False) -> Se
     """The search row, or :class:`NotFoundError` naming the id."""
     stmt = select(SearchRow).where(SearchRow.id == search_id)
     if lock:
-        stmt = stmt.with_for_update()
+        # Refresh a row this session already loaded: the lock is what makes its values current.
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     row = session.scalars(stmt).one_or_none()
     if row is None:
         raise NotFoundError(

@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from swarmq.engine._asynchronous import apply_pending, is_asynchronous
 from swarmq.engine._common import (
     config_of,
     params_of,
@@ -43,7 +44,12 @@ from swarmq.swarm import (
     update_coefficients,
 )
 
-__all__ = ["CoordinationResult", "coordinate_iteration", "fail_coordination"]
+__all__ = [
+    "CoordinationResult",
+    "add_final_evaluations",
+    "coordinate_iteration",
+    "fail_coordination",
+]
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,11 @@ def coordinate_iteration(rt: Runtime, search_id: str, iteration: int) -> Coordin
     skipped_all = False
     test_work: list[tuple[int, int]] = []
     fault_point("coordinate.started", search_id=search_id, iteration=iteration)
+    if _asynchronous(rt, search_id):
+        # No barrier to apply: a coordination (sent by resume or the reconciler) applies the
+        # results recorded while the search was not running, if any.
+        follow = apply_pending(rt, search_id)
+        return CoordinationResult("applied" if follow else "already")
     with rt.db.session() as s:
         it = s.scalars(
             select(IterationRow)
@@ -173,7 +184,7 @@ def coordinate_iteration(rt: Runtime, search_id: str, iteration: int) -> Coordin
         reason = should_stop(history, nxt, params)
         if reason is not None:
             search.status, search.stop_reason, search.finished_at = "completed", reason, utcnow()
-            test_work = _add_final_evaluations(s, search_id, search.n_experts, it, states)
+            test_work = add_final_evaluations(s, search_id, search.n_experts, it, states)
         else:
             skipped = skipped_evaluations(seed, nxt, len(states), params)
             skipped_all = all(skipped)
@@ -235,6 +246,11 @@ def longest_expected_first(
         return float("inf") if not seen else sum(seen) / len(seen)
 
     return sorted(particles, key=lambda p: (-expected(p), p))
+
+
+def _asynchronous(rt: Runtime, search_id: str) -> bool:
+    with rt.db.session() as s:
+        return is_asynchronous(search_in_txn(s, search_id).config_json)
 
 
 def fail_coordination(rt: Runtime, search_id: str, iteration: int, err: BaseException) -> bool:
@@ -418,7 +434,7 @@ def _require_finite_update(
         )
 
 
-def _add_final_evaluations(
+def add_final_evaluations(
     s: Session, search_id: str, n_experts: int, it: IterationRow, states: list[ParticleStateRow]
 ) -> list[tuple[int, int]]:
     """Queue the final report's test evaluations: the best initial expert and the global best."""

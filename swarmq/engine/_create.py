@@ -125,7 +125,10 @@ def create_search(
                     parent_weight=None if parent is None else parent.weight,
                 )
             )
-        s.add(IterationRow(search_id=search_id, number=0, status="evaluating", step_length=None))
+        # An asynchronous search has no barrier: its iterations are "applied" from the start
+        # (see swarmq.engine._asynchronous).
+        status = "applied" if config.swarm.mode == "asynchronous" else "evaluating"
+        s.add(IterationRow(search_id=search_id, number=0, status=status, step_length=None))
         s.flush()
         for i in range(n):
             s.add(

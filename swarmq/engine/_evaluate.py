@@ -33,6 +33,12 @@ import numpy as np
 from sqlalchemy import CursorResult, func, select, update
 
 from swarmq.config import SearchConfig
+from swarmq.engine._asynchronous import (
+    FollowUp,
+    apply_recorded_in_txn,
+    is_asynchronous,
+    send_follow_ups,
+)
 from swarmq.engine._common import (
     adapter_config_of,
     config_of,
@@ -316,7 +322,7 @@ def run_evaluation(
     done = {p: o for p, o in outcomes.items() if not isinstance(o, BaseException)}
     recorded: dict[int, Outcome] = {}
     if done:
-        recorded, coordinate = _record_done(rt, search_id, iteration, split, done)
+        recorded, coordinate, follow = _record_done(rt, search_id, iteration, split, done)
         fault_point(
             "evaluate.recorded",
             search_id=search_id,
@@ -326,6 +332,7 @@ def run_evaluation(
         )
         if coordinate:
             rt.dispatcher.send_coordination(search_id, iteration)
+        send_follow_ups(rt, search_id, follow)
     own_error: BaseException | None = None
     for c in claims:
         error = outcomes[c.particle]
@@ -470,17 +477,28 @@ def _record_done(
     iteration: int,
     split: str,
     done: dict[int, _Done],
-) -> tuple[dict[int, Outcome], bool]:
-    """Record finished evaluations in one transaction; returns their outcomes and whether the
+) -> tuple[dict[int, Outcome], bool, list[FollowUp]]:
+    """Record finished evaluations in one transaction; returns their outcomes, whether the
     iteration is now complete (the caller then sends the coordination: exactly one recorder
-    sees that, since all of them take the iteration's row lock first)."""
+    sees that, since all of them take the iteration's row lock first), and, in the
+    asynchronous mode, the evaluations their application created (to send after the commit)."""
     outcomes: dict[int, Outcome] = {}
+    follow: list[FollowUp] = []
     with rt.db.session() as s:
-        it = s.scalars(
-            select(IterationRow)
-            .where(IterationRow.search_id == search_id, IterationRow.number == iteration)
-            .with_for_update()
-        ).one()
+        search = search_in_txn(s, search_id)
+        asynchronous = split == "dev" and is_asynchronous(search.config_json)
+        # The asynchronous mode applies the results here, under the search's row lock (taken
+        # after the evaluation rows', the order every other writer of both uses); the
+        # synchronous mode takes the iteration's lock to see which recorder completes it.
+        it = (
+            None
+            if asynchronous
+            else s.scalars(
+                select(IterationRow)
+                .where(IterationRow.search_id == search_id, IterationRow.number == iteration)
+                .with_for_update()
+            ).one()
+        )
         rows = s.scalars(
             select(EvaluationRow)
             .where(
@@ -519,7 +537,12 @@ def _record_done(
                 f"at iteration {iteration}"
             )
         coordinate = False
-        if split == "dev":
+        if asynchronous:
+            applying = [p for p, o in sorted(outcomes.items()) if o.status == "done"]
+            search = search_in_txn(s, search_id, lock=True)
+            follow = apply_recorded_in_txn(s, rt, search, [(iteration, p) for p in applying])
+        elif split == "dev":
+            assert it is not None
             remaining = s.scalar(
                 select(func.count())
                 .select_from(EvaluationRow)
@@ -531,7 +554,7 @@ def _record_done(
                 )
             )
             coordinate = remaining == 0 and it.status == "evaluating"
-    return outcomes, coordinate
+    return outcomes, coordinate, follow
 
 
 def _give_up_in_txn(

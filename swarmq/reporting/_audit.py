@@ -313,6 +313,14 @@ class _Vectors:
         return hash_bytes(encode_vector(vector)), None
 
 
+@dataclass(frozen=True)
+class Records:
+    """The global best and worst an update read (an asynchronous application's)."""
+
+    best_hash: str | None
+    worst_hash: str | None
+
+
 # (iteration, particle, split) -> (status, utility, position hash)
 _Evaluations = dict[tuple[int, int, str], tuple[str, float | None, str]]
 
@@ -431,63 +439,104 @@ def audit_search(
     seen: dict[tuple[int, int], str] = {}
     try:
         _check_structure(found, iterations, particles, n, n_experts, seed)
-        history: list[float] = []
-        prev: list[_State] = []
-        for states in _iter_states(db, search_id, last, n):
-            t = len(history) if not states else states[0].iteration
-            it_row = iterations.get(t)
-            if it_row is None or [st.particle for st in states] != list(range(n)):
-                found.add(
-                    t, None, "particle states", f"particles 0..{n - 1}", f"{len(states)} states"
-                )
-                break
-            # This iteration's stored outputs are read and hashed ahead, in order of use.
-            vectors.expect(h for st in states for h in (st.position_hash, st.velocity_hash))
-            if t == 0:
-                _check_initial(found, vectors, states, particles, params, seed, n_experts, it_row)
-                if check_experts:
-                    _check_experts(found, states, config, layout, n_experts, particles)
-            else:
-                # The iteration exists, so the stop rule must have let it run.
-                found.check(
-                    t, None, "stop rule", "continue", _stop_word(should_stop(history, t, params))
-                )
-                # lambda_t is a loop over t: once per iteration, not once per particle.
-                step = step_length_at(t, params)
-                found.check(t, None, "step_length", step, it_row.step_length)
-                prev_it = iterations[t - 1]
-                for st, before in zip(states, prev, strict=True):
-                    _check_update(found, vectors, st, before, prev_it, params, seed, step)
-                    counts["updates"] += 1
-            for st in states:
-                for what, h in unrecorded.get((t, st.particle), []):
-                    found.add(t, st.particle, f"artifacts table ({what} {h})", "a row", "none")
-                if (t, st.particle) in tested:
-                    seen[(t, st.particle)] = st.position_hash
-            if it_row.status == "applied":
-                _check_bests(
-                    found, states, prev, it_row, iterations.get(t - 1), evaluations, seed, params
-                )
-                history.append(float(it_row.best_utility or 0.0))
-            elif t != last:
-                found.add(
-                    t, None, "iteration status", "applied (a later one exists)", it_row.status
-                )
-            counts["states"] += len(states)
-            counts["iterations"] += 1
-            prev = states
-            if progress is not None:
-                progress(counts["iterations"], len(iterations))
-        for key in sorted(tested):
-            found.check(key[0], key[1], "test evaluation position_hash", seen.get(key), tested[key])
-        if status == "completed" and history:
-            found.check(
-                len(history),
-                None,
-                "stop rule",
-                _stop_word(should_stop(history, len(history), params)),
-                _stop_word(stop_reason),
+        if config.swarm.mode == "asynchronous":
+            from swarmq.reporting._audit_async import replay_asynchronous
+
+            replay_asynchronous(
+                found,
+                vectors,
+                db,
+                search_id,
+                iterations=iterations,
+                particles=particles,
+                evaluations=evaluations,
+                unrecorded=unrecorded,
+                params=params,
+                seed=seed,
+                n=n,
+                n_experts=n_experts,
+                status=status,
+                stop_reason=stop_reason,
+                counts=counts,
+                seen=seen,
+                tested=tested,
+                check_experts=check_experts,
+                config=config,
+                layout=layout,
             )
+        else:
+            history: list[float] = []
+            prev: list[_State] = []
+            for states in _iter_states(db, search_id, last, n):
+                t = len(history) if not states else states[0].iteration
+                it_row = iterations.get(t)
+                if it_row is None or [st.particle for st in states] != list(range(n)):
+                    found.add(
+                        t, None, "particle states", f"particles 0..{n - 1}", f"{len(states)} states"
+                    )
+                    break
+                # This iteration's stored outputs are read and hashed ahead, in order of use.
+                vectors.expect(h for st in states for h in (st.position_hash, st.velocity_hash))
+                if t == 0:
+                    _check_initial(
+                        found, vectors, states, particles, params, seed, n_experts, it_row
+                    )
+                    if check_experts:
+                        _check_experts(found, states, config, layout, n_experts, particles)
+                else:
+                    # The iteration exists, so the stop rule must have let it run.
+                    found.check(
+                        t,
+                        None,
+                        "stop rule",
+                        "continue",
+                        _stop_word(should_stop(history, t, params)),
+                    )
+                    # lambda_t is a loop over t: once per iteration, not once per particle.
+                    step = step_length_at(t, params)
+                    found.check(t, None, "step_length", step, it_row.step_length)
+                    prev_it = iterations[t - 1]
+                    for st, before in zip(states, prev, strict=True):
+                        _check_update(found, vectors, st, before, prev_it, params, seed, step)
+                        counts["updates"] += 1
+                for st in states:
+                    for what, h in unrecorded.get((t, st.particle), []):
+                        found.add(t, st.particle, f"artifacts table ({what} {h})", "a row", "none")
+                    if (t, st.particle) in tested:
+                        seen[(t, st.particle)] = st.position_hash
+                if it_row.status == "applied":
+                    _check_bests(
+                        found,
+                        states,
+                        prev,
+                        it_row,
+                        iterations.get(t - 1),
+                        evaluations,
+                        seed,
+                        params,
+                    )
+                    history.append(float(it_row.best_utility or 0.0))
+                elif t != last:
+                    found.add(
+                        t, None, "iteration status", "applied (a later one exists)", it_row.status
+                    )
+                counts["states"] += len(states)
+                counts["iterations"] += 1
+                prev = states
+                if progress is not None:
+                    progress(counts["iterations"], len(iterations))
+            for key in sorted(tested):
+                found.check(
+                    key[0], key[1], "test evaluation position_hash", seen.get(key), tested[key]
+                )
+            if status == "completed" and history:
+                found.check(
+                    len(history),
+                    None,
+                    "stop rule",
+                    _stop_word(should_stop(history, len(history), params)),
+                    _stop_word(stop_reason),
+                )
         counts["baselines"], baseline_notes = _check_baselines(
             found, vectors, db, search_id, seed, n_experts, evaluations
         )
@@ -766,7 +815,7 @@ def _check_update(
     vectors: _Vectors,
     st: _State,
     before: _State,
-    prev_it: IterationRow,
+    prev_it: IterationRow | Records,
     params: SwarmParams,
     seed: int,
     step: float,

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 
 from swarmq.config import BaseModelConfig
 from swarmq.engine._common import (
     adapter_config_of,
     config_of,
-    last_applied_in_txn,
     layout_of,
     search_in_txn,
 )
@@ -49,9 +49,19 @@ def personal_best_position(
             raise NotFoundError(
                 f"search {search_id!r} has particles 0..{search.n_particles - 1}, not {particle}"
             )
-        applied = last_applied_in_txn(s, search_id)
-        last = None if applied is None else applied.number
-        state = None if last is None else s.get(ParticleStateRow, (search_id, last, particle))
+        # The particle's newest state whose evaluation was applied (its best columns are set):
+        # the last applied iteration's, or in the asynchronous mode, where particles are at
+        # iterations of their own, the particle's own newest.
+        state = s.scalars(
+            select(ParticleStateRow)
+            .where(
+                ParticleStateRow.search_id == search_id,
+                ParticleStateRow.particle == particle,
+                ParticleStateRow.best_hash.is_not(None),
+            )
+            .order_by(ParticleStateRow.iteration.desc())
+            .limit(1)
+        ).one_or_none()
         if state is None or state.best_hash is None:
             raise NotFoundError(
                 f"search {search_id!r} has no evaluated iteration yet; nothing to export"

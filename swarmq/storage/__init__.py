@@ -3,6 +3,7 @@
 from swarmq.storage._artifacts import ArtifactStore, LocalArtifactStore, encode_vector, hash_bytes
 from swarmq.storage._db import Database, database_now, migrations_dir, redact_url
 from swarmq.storage._models import (
+    ApplicationRow,
     Artifact,
     Base,
     BaselineRow,
@@ -16,6 +17,7 @@ from swarmq.storage._models import (
 from swarmq.storage._scores import decode_item_scores, encode_item_scores
 
 __all__ = [
+    "ApplicationRow",
     "Artifact",
     "ArtifactStore",
     "Base",

@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "ApplicationRow",
     "Artifact",
     "Base",
     "BaselineRow",
@@ -234,3 +235,43 @@ class BaselineRow(Base):
     finished_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     item_scores: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+
+
+class ApplicationRow(Base):
+    """One applied evaluation of an asynchronous search (``[swarm] mode = "asynchronous"``).
+
+    ``seq`` numbers the applications of a search 0, 1, 2, ... in the order they were made: the
+    order the audit replays. Each one applied the dev evaluation of ``particle`` at its own
+    iteration ``iteration`` (its personal best is on that particle state), left the global
+    best and worst as recorded here, and, when ``moved``, created the particle's state at
+    ``iteration + 1`` from them. ``stop_reason`` is set on the application at which the stop
+    rule fired; later ones only apply the evaluations still in flight.
+
+    Applications are made in the transaction that records the evaluation, under the search's
+    row lock, so numbering is gap-free; the unique constraint on (search, iteration, particle)
+    keeps a re-delivered result from being applied twice.
+    """
+
+    __tablename__ = "applications"
+    __table_args__ = (
+        UniqueConstraint("search_id", "iteration", "particle", name="uq_application"),
+    )
+
+    search_id: Mapped[str] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    iteration: Mapped[int] = mapped_column(Integer)
+    particle: Mapped[int] = mapped_column(Integer)
+    utility: Mapped[float] = mapped_column(Float)
+    best_particle: Mapped[int] = mapped_column(Integer)
+    best_iteration: Mapped[int] = mapped_column(Integer)
+    best_utility: Mapped[float] = mapped_column(Float)
+    best_hash: Mapped[str] = mapped_column(String(64))
+    worst_particle: Mapped[int] = mapped_column(Integer)
+    worst_iteration: Mapped[int] = mapped_column(Integer)
+    worst_utility: Mapped[float] = mapped_column(Float)
+    worst_hash: Mapped[str] = mapped_column(String(64))
+    moved: Mapped[bool] = mapped_column(Boolean)
+    stop_reason: Mapped[str | None] = mapped_column(Text)
+    applied_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,5 +1,12 @@
 """The Model Swarms algorithm: pure, I/O-free functions over flat float32 positions."""
 
+from swarmq.swarm._asynchronous import (
+    asynchronous_stop,
+    evaluation_budget,
+    improves_best,
+    improves_worst,
+    may_move,
+)
 from swarmq.swarm._core import (
     Best,
     Factors,
@@ -26,10 +33,15 @@ __all__ = [
     "Stream",
     "SwarmParams",
     "apply_update",
+    "asynchronous_stop",
     "draw_factors",
+    "evaluation_budget",
     "expand_population",
     "generator",
+    "improves_best",
+    "improves_worst",
     "initial_velocity",
+    "may_move",
     "needs_restart",
     "select_best",
     "select_worst",
