@@ -268,7 +268,15 @@ def load_config(path: str | Path) -> SearchConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"configuration file {str(p)!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"configuration file {str(p)!r} is not UTF-8 text (byte {err.object[err.start]:#04x} "
+            f"at offset {err.start}); save it as UTF-8"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"configuration file {str(p)!r} cannot be read: {err.strerror}") from None
     try:
         if p.suffix == ".toml":
             data: Any = tomllib.loads(text)

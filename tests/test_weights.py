@@ -399,7 +399,7 @@ def test_export_overwrites_only_previous_exports(experts_dir: Path, tmp_path: Pa
     target = tmp_path / "expert_copy"
     shutil.copytree(experts_dir / "alpha", target)
     before = (target / "adapter_model.safetensors").read_bytes()
-    with pytest.raises(LayoutError, match=r"expert_copy.*overwrite=True"):
+    with pytest.raises(LayoutError, match=r"expert_copy.*--overwrite"):
         export_adapter(pool.layout, pool.vectors[2], target, pool.adapter_config)
     assert (target / "adapter_model.safetensors").read_bytes() == before
     export_adapter(pool.layout, pool.vectors[2], target, pool.adapter_config, overwrite=True)

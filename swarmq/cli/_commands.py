@@ -40,6 +40,21 @@ class _Group(click.Group):
                 styled(("error:", "bold red"), f" {redact_url(str(err))}"), soft_wrap=True
             )
             sys.exit(2)
+        except OSError as err:
+            # A path the user gave (--out, --db, a file to read) that cannot be used: one line
+            # naming it, not a traceback. Errors without a path are not the user's to fix.
+            if err.filename is None:
+                raise
+            path = err.filename if err.filename2 is None else err.filename2
+            err_console.print(
+                styled(
+                    ("error:", "bold red"),
+                    f" cannot use {str(path)!r}: {err.strerror or err}; choose another path "
+                    "or fix its permissions",
+                ),
+                soft_wrap=True,
+            )
+            sys.exit(2)
 
 
 @click.group(cls=_Group)

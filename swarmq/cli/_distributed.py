@@ -1,4 +1,5 @@
-"""The distributed mode's commands: workers, Flower, submit, list, watch, cancel, reconcile.
+"""The distributed mode's commands: workers, Flower, submit, list, watch, cancel, delete,
+reconcile.
 
 ``resume`` and ``status`` (in ``_commands``) work in both modes.
 """
@@ -188,6 +189,36 @@ def cancel(settings: Settings, search_id: str) -> None:
     before = cancel_search(_database(settings), search_id)
     note = " (it was already cancelled)" if before == "cancelled" else ""
     console.print(f"search {search_id} cancelled{note}", highlight=False)
+
+
+@main.command()
+@click.argument("search_id")
+@click.option("--yes", is_flag=True, help="Delete without asking (scripts, no terminal).")
+@click.pass_obj
+def delete(settings: Settings, search_id: str, yes: bool) -> None:
+    """Delete SEARCH from the database: every iteration, evaluation and baseline of it.
+
+    A running search must be cancelled first. Artifact files are kept (other searches may
+    share them). There is no undo.
+    """
+    from swarmq.engine import delete_search, search_summary
+
+    db = _database(settings)
+    s = search_summary(db, search_id)  # names an unknown id before asking anything
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                f"delete search {search_id} without a terminal to confirm on: pass --yes"
+            )
+        click.confirm(
+            f"delete search {s.id} ({s.name}, {s.status}, iteration {s.iteration}/"
+            f"{s.max_iterations}) and all its records? there is no undo",
+            abort=True,
+            err=True,
+        )
+    counts = delete_search(db, search_id)
+    rows = sum(counts.values())
+    console.print(f"search {search_id} deleted ({rows} rows; artifact files kept)")
 
 
 @main.command("reconcile")

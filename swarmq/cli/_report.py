@@ -159,9 +159,17 @@ def baselines(
     "--baselines", "with_baselines", is_flag=True, help="Compute the baselines first (model)."
 )
 @_TOP_K
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an index.html in --out that swarmq did not write."
+)
 @click.pass_obj
 def report(
-    settings: Settings, search_id: str, out_dir: Path, with_baselines: bool, top_k: int
+    settings: Settings,
+    search_id: str,
+    out_dir: Path,
+    with_baselines: bool,
+    top_k: int,
+    overwrite: bool,
 ) -> None:
     """Write an HTML report of SEARCH with PNG figures, from the record alone."""
     from swarmq.reporting import write_report
@@ -169,7 +177,7 @@ def report(
     db, store = _open(settings)
     if with_baselines:
         run_baselines(db, store, search_id, top_k)
-    result = write_report(db, search_id, out_dir)
+    result = write_report(db, search_id, out_dir, overwrite=overwrite)
     console.print(
         f"report written to {result.index} ({len(result.figures)} figures, "
         f"{result.total_seconds:.2f} s)",

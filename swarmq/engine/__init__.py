@@ -6,6 +6,7 @@ wrappers around them (see :mod:`swarmq.execution`).
 
 from swarmq.engine._coordinate import CoordinationResult, coordinate_iteration, fail_coordination
 from swarmq.engine._create import create_search
+from swarmq.engine._delete import delete_search
 from swarmq.engine._evaluate import (
     EvaluationPolicy,
     Outcome,
@@ -74,6 +75,7 @@ __all__ = [
     "coordinate_iteration",
     "create_search",
     "current_runtime",
+    "delete_search",
     "fail_coordination",
     "final_report",
     "global_best_position",

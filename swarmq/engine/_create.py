@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -36,6 +37,44 @@ def _check_base_model(path: str) -> None:
     )
 
 
+# What one particle costs in memory while a search is created and coordinated: its position,
+# velocity, personal best and the new position and velocity of an update (float32 each), plus
+# its rows and hashes as Python objects (a measured few KiB, rounded up).
+_VECTORS_PER_PARTICLE = 5
+_BYTES_PER_PARTICLE_ROWS = 8 * 1024
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _check_population_fits(n: int, size: int, pool_path: str) -> None:
+    """Refuse a population that cannot fit in this machine's memory, with the estimate.
+
+    Without this, ``particles = 10000000`` went on to allocate until the process died.
+    """
+    need = n * (size * 4 * _VECTORS_PER_PARTICLE + _BYTES_PER_PARTICLE_ROWS)
+    available = _available_memory()
+    if available is not None and need > available:
+        raise ConfigError(
+            f"search.particles = {n} needs about {need / 2**30:,.1f} GiB of memory "
+            f"({n} particles x ({_VECTORS_PER_PARTICLE} vectors of {size:,} float32 "
+            f"parameters of the experts in {pool_path} + rows)), more than the "
+            f"{available / 2**30:,.1f} GiB available here; lower search.particles"
+        )
+
+
 def create_search(
     rt: Runtime,
     config: SearchConfig,
@@ -64,6 +103,7 @@ def create_search(
             f"search.particles = {n} is below the number of experts ({n_experts}) in "
             f"{config.experts.path}; set it to at least {n_experts} or leave it out"
         )
+    _check_population_fits(n, pool.layout.size, config.experts.path)
     params = params_of(config)
     seed = config.search.seed
     positions, lineage = expand_population(pool.vectors, n, seed)

@@ -255,6 +255,7 @@ def render_html(rec: SearchRecord, figures: list[str]) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="swarmq report">
 <title>swarmq report: {_esc(rec.name)} ({_esc(rec.id)})</title>
 <style>{_CSS}</style></head><body>
 <h1>{_esc(rec.name)}</h1>
@@ -302,14 +303,30 @@ def _summary(rec: SearchRecord, rows: list[ResultRow]) -> dict[str, Any]:
     }
 
 
-def write_report(db: Database, search_id: str, out_dir: Path) -> ReportResult:
+_GENERATOR = b'<meta name="generator" content="swarmq report">'
+
+
+def write_report(
+    db: Database, search_id: str, out_dir: Path, *, overwrite: bool = False
+) -> ReportResult:
     """Write ``index.html``, the figures and ``summary.json`` into ``out_dir``.
 
-    Files of an earlier report in the same folder are replaced; nothing else there is touched.
+    Files of an earlier swarmq report in the same folder are replaced; nothing else there is
+    touched. An ``index.html`` that is not one (a site's own page) is refused unless
+    ``overwrite`` (``--overwrite``).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SwarmqError(f"report target {out_dir} is a file; give a folder path")
+    existing = out_dir / "index.html"
+    if not overwrite and existing.is_file():
+        with existing.open("rb") as f:
+            ours = _GENERATOR in f.read(4096)
+        if not ours:
+            raise SwarmqError(
+                f"report target {out_dir} already holds an index.html that is not a swarmq "
+                "report; choose another folder or pass --overwrite"
+            )
     t0 = time.perf_counter()
     rec = load_record(db, search_id)
     t1 = time.perf_counter()

@@ -89,7 +89,7 @@ class ArtifactStore(ABC):
         if actual != digest:
             raise ArtifactError(
                 f"artifact {digest} in {self.describe()} is corrupted: its content hashes to "
-                f"{actual}; restore it from a backup or delete the search"
+                f"{actual}; restore it from a backup or delete the search (swarmq delete SEARCH)"
             )
         return decode_vector(data, digest)
 
@@ -98,6 +98,17 @@ def _check_digest(digest: str) -> None:
     # Hashes become file names: anything else could escape the store's folder.
     if not isinstance(digest, str) or not _HASH.match(digest):
         raise ArtifactError(f"{digest!r} is not an artifact hash (64 lowercase hex characters)")
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether ``path`` is a regular file holding exactly ``data`` (its size alone would let a
+    corrupted copy of the right length stand for ever)."""
+    try:
+        if path.is_symlink() or path.stat().st_size != len(data):
+            return False
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -118,8 +129,10 @@ class LocalArtifactStore(ArtifactStore):
 
     def put_bytes(self, digest: str, data: bytes) -> None:
         path = self._path(digest)
-        if path.is_file() and path.stat().st_size == len(data):
+        if _holds(path, data):
             return
+        # Absent, or present with other content (a corrupted copy, a file swapped for a link):
+        # the write below replaces it, so a later write of the same content repairs it.
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")

@@ -95,9 +95,15 @@ class Database:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).expanduser().resolve().parent.mkdir(
-                    parents=True, exist_ok=True
-                )
+                folder = Path(parsed.database).expanduser().resolve().parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise StorageError(
+                        f"cannot create the folder {str(folder)!r} of SQLite database "
+                        f"{redact_url(url)}: {err.strerror} (a file may stand where a folder "
+                        "should be); give another path with --db or SWARMQ_DATABASE_URL"
+                    ) from None
             kwargs["connect_args"] = {"timeout": 60}
         else:
             kwargs["pool_pre_ping"] = True  # survive a database restart between tasks

@@ -147,7 +147,7 @@ def export_adapter(
     ``adapter_config=None`` (a plain pool of full weights) it holds ``model.safetensors`` only.
     Each tensor is cast back to its layout dtype (BF16 through torch). ``metadata`` is added to
     the safetensors header. A non-empty ``out_dir`` that is not an earlier export is refused
-    unless ``overwrite=True``.
+    unless ``overwrite=True`` (``--overwrite`` on the command line).
     """
     out_dir = Path(out_dir)
     tensors = state_dict_from_vector(layout, vector)
@@ -173,7 +173,7 @@ def export_adapter(
     ):
         raise LayoutError(
             f"export target {out_dir} is not empty and is not an earlier swarmq export; "
-            "choose an empty folder or pass overwrite=True"
+            "choose an empty folder or pass --overwrite"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
 

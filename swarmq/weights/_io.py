@@ -95,11 +95,14 @@ def _classify(entry: Path) -> Expert:
             return Expert(entry.name, entry, "peft")
         found = sorted(p.name for p in entry.iterdir() if not p.name.startswith("."))
         pickled = [n for n in found if Path(n).suffix in _PICKLED_SUFFIXES]
-        why = (
-            f"it holds pickled weights {pickled}, which are refused (safetensors only)"
-            if pickled
-            else f"it lacks {ADAPTER_CONFIG} or {ADAPTER_WEIGHTS} (found {found})"
-        )
+        if pickled:
+            why = f"it holds pickled weights {pickled}, which are refused (safetensors only)"
+        elif entry.is_symlink():
+            # A link may lead anywhere (/etc): what is there is not the pool's to print.
+            why = f"it is a link to a folder without {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
+        else:
+            shown = found[:8] + ([f"... {len(found) - 8} more"] if len(found) > 8 else [])
+            why = f"it lacks {ADAPTER_CONFIG} or {ADAPTER_WEIGHTS} (found {shown})"
         raise LayoutError(f"expert folder {entry} is not a peft adapter: {why}; {_ACCEPTED}")
     if entry.is_file() and entry.suffix == ".safetensors":
         return Expert(entry.stem, entry, "safetensors")
