@@ -160,7 +160,11 @@ def test_delete_removes_a_search_and_asks_first(searched: tuple[Path, str]) -> N
     with db.session() as s:
         from sqlalchemy import text
 
-        for table in ("particles", "iterations", "particle_states", "evaluations", "baselines"):
+        from swarmq.storage._models import Base
+
+        tables = [t.name for t in Base.metadata.sorted_tables if "search_id" in t.c]
+        assert {"particles", "evaluations", "baselines"} <= set(tables)
+        for table in tables:
             assert s.execute(text(f"select count(*) from {table}")).scalar() == 0, table
 
 

@@ -6,15 +6,8 @@ from sqlalchemy import delete
 
 from swarmq.engine._common import search_in_txn
 from swarmq.errors import SwarmqError
-from swarmq.storage import (
-    BaselineRow,
-    Database,
-    EvaluationRow,
-    IterationRow,
-    ParticleRow,
-    ParticleStateRow,
-    SearchRow,
-)
+from swarmq.storage import Database, SearchRow
+from swarmq.storage._models import Base
 
 __all__ = ["delete_search"]
 
@@ -35,9 +28,13 @@ def delete_search(db: Database, search_id: str) -> dict[str, int]:
                 "then delete it"
             )
         counts: dict[str, int] = {}
-        for table in (ParticleStateRow, EvaluationRow, BaselineRow, IterationRow, ParticleRow):
-            result = s.execute(delete(table).where(table.search_id == search_id))
-            counts[table.__tablename__] = int(getattr(result, "rowcount", 0) or 0)
+        # Every table holding rows of a search, children before parents, so that a table
+        # added later is deleted from too.
+        for table in reversed(Base.metadata.sorted_tables):
+            if table.name == SearchRow.__tablename__ or "search_id" not in table.c:
+                continue
+            result = s.execute(delete(table).where(table.c.search_id == search_id))
+            counts[table.name] = int(getattr(result, "rowcount", 0) or 0)
         s.execute(delete(SearchRow).where(SearchRow.id == search_id))
         counts[SearchRow.__tablename__] = 1
         return counts
