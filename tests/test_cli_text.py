@@ -8,6 +8,7 @@ engine with a closed-form utility (no model) unless a command needs one.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -144,3 +145,79 @@ def test_settings_show_urls_and_paths_whole(tmp_path: Path) -> None:
     shown = json.loads(as_json.output)
     assert shown["database_url"] == {"value": f"sqlite:///{deep}", "from": "option"}
     assert shown["broker_url"]["value"].startswith("redis://:***@broker.internal")
+
+
+# --- watch into a pipe or a log -------------------------------------------------------------
+
+
+def test_watch_prints_a_line_per_change_into_a_pipe_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    pool = make_pool(tmp_path / "pool")
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    runner = EmbeddedRunner(Settings(db_url, tmp_path / "art"), evaluate=distance_utility)
+    sid = create_search(
+        runner.runtime, closed_form(pool, name="piped", max_iterations=3), check_objective=False
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMQ_")}
+    argv = [sys.executable, "-m", "swarmq", "--db", db_url, "--artifacts", str(tmp_path / "art")]
+
+    def watch() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [*argv, "watch", sid, "--interval", "0.1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        if not ready:  # a live view writes nothing into a pipe until it ends
+            proc.kill()
+            pytest.fail("swarmq watch wrote nothing into a pipe within 60 s")
+        first = proc.stdout.readline()  # the first state, at once, not at the end
+        assert first.startswith(f"piped {sid}: running, iteration 0/3"), first
+        return proc
+
+    # Followed to the end: one line per change, the last one the finished search.
+    proc = watch()
+    runner.drive(sid)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) >= 2, out
+    assert lines[-1].startswith(f"piped {sid}: completed, iteration 3/3"), out
+    assert all(a != b for a, b in itertools.pairwise(lines))  # per change, not poll
+
+    # SIGTERM: the last state is shown, exit status 0.
+    sid = create_search(
+        runner.runtime, closed_form(pool, name="piped", max_iterations=3), check_objective=False
+    )
+    proc = watch()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"stopped watching: piped {sid}: running" in out, out
+    assert "Traceback" not in err, err
+
+
+def test_submit_and_worker_follow_one_schema_rule_on_an_empty_database(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "pool")
+    config = tmp_path / "search.json"
+    config.write_text(closed_form(pool, name="s").to_json())
+    yaml_config = tmp_path / "search.yaml"
+    yaml_config.write_text(config.read_text())  # JSON is YAML
+    db_url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    # No broker is reached: the schema is checked first.
+    broker = "redis://127.0.0.1:1/0"
+    for command in (["submit", str(yaml_config)], ["worker"]):
+        result = CliRunner().invoke(main, ["--db", db_url, "--broker", broker, *command])
+        assert result.exit_code == 2, (command, result.output)
+        assert "schema revision none" in result.output and "swarmq db upgrade" in result.output
+    from sqlalchemy import inspect
+
+    assert inspect(Database(db_url).engine).get_table_names() == []  # nothing created

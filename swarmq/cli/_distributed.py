@@ -329,14 +329,57 @@ def _finished(db: Any, search_id: str) -> bool:
     return s.status != "completed" or not (counts.get("pending") or counts.get("running"))
 
 
+def _watch_line(db: Any, settings: Settings, search_id: str) -> str:
+    """The state of a search on one line: what a log of ``swarmq watch`` shows per change."""
+    from swarmq.engine import search_activity, search_summary
+
+    s = search_summary(db, search_id)
+    act = search_activity(db, search_id, settings.heartbeat_timeout)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(act.counts.items()))
+    best = "-" if s.best_utility is None else f"{s.best_utility:.4f} (particle {s.best_particle})"
+    line = (
+        f"{s.name} {s.id}: {s.status}, iteration {s.iteration}/{s.max_iterations}, best {best}, "
+        f"evaluations {s.evaluations_done}/{s.evaluations_total} ({counts or 'none'}), "
+        f"{len(act.workers)} worker(s) on it"
+    )
+    return line + (f"; stopped: {s.stop_reason}" if s.stop_reason else "")
+
+
+class _Stop(Exception):
+    """SIGTERM while watching: end as Ctrl-C does, with the last state shown."""
+
+
+def _on_sigterm(*_: Any) -> None:
+    raise _Stop
+
+
 @main.command()
 @click.argument("search_id")
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.1))
 @click.pass_obj
 def watch(settings: Settings, search_id: str, interval: float) -> None:
-    """Follow SEARCH live: iteration, per-particle utilities, best, busy workers (Ctrl-C stops)."""
+    """Follow SEARCH live: iteration, per-particle utilities, best, busy workers (Ctrl-C stops).
+
+    Where the output is not a terminal (a pipe, a log), one line per change instead; Ctrl-C or
+    SIGTERM ends it with the last state shown.
+    """
+    import signal
+
     db = _database(settings)
     started = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        if console.is_terminal:
+            _watch_live(db, settings, search_id, interval, started)
+        else:
+            _watch_lines(db, settings, search_id, interval)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _watch_live(
+    db: Any, settings: Settings, search_id: str, interval: float, started: float
+) -> None:
     try:
         with Live(
             _watch_view(db, settings, search_id, started),
@@ -344,9 +387,29 @@ def watch(settings: Settings, search_id: str, interval: float) -> None:
             refresh_per_second=4,
             auto_refresh=False,
         ) as live:
-            while not _finished(db, search_id):
-                time.sleep(interval)
+            try:
+                while not _finished(db, search_id):
+                    time.sleep(interval)
+                    live.update(_watch_view(db, settings, search_id, started), refresh=True)
+            finally:
                 live.update(_watch_view(db, settings, search_id, started), refresh=True)
-            live.update(_watch_view(db, settings, search_id, started), refresh=True)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop):
         pass
+
+
+def _watch_lines(db: Any, settings: Settings, search_id: str, interval: float) -> None:
+    # A live view writes nothing to a pipe until it stops (and nothing at all on SIGTERM):
+    # a line per change is what a log can use. flush: the reader may be another process.
+    shown = ""
+    try:
+        while True:
+            line = _watch_line(db, settings, search_id)
+            if line != shown:
+                console.print(line, soft_wrap=True)
+                console.file.flush()
+                shown = line
+            if _finished(db, search_id):
+                return
+            time.sleep(interval)
+    except (KeyboardInterrupt, _Stop):
+        console.print(f"stopped watching: {_watch_line(db, settings, search_id)}", soft_wrap=True)

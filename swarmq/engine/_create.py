@@ -59,7 +59,7 @@ def _available_memory() -> int | None:
         return None
 
 
-def _check_population_fits(n: int, size: int, pool_path: str) -> None:
+def _check_population_fits(n: int, size: int, pool_path: str | Path) -> None:
     """Refuse a population that cannot fit in this machine's memory, with the estimate.
 
     Without this, ``particles = 10000000`` went on to allocate until the process died.

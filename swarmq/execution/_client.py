@@ -40,7 +40,12 @@ class DistributedClient:
         require_broker(settings)
         self.settings = settings
         self.app = configure_app(settings)
-        self.runtime: Runtime = runtime_from_settings(settings, CeleryDispatcher(self.app))
+        # One rule for everything that goes through a broker, the workers included: the
+        # schema is made by `swarmq db upgrade` (or the compose file's migrate service), never
+        # by whichever process comes first, which would race the others on an empty database.
+        self.runtime: Runtime = runtime_from_settings(
+            settings, CeleryDispatcher(self.app), create=False
+        )
 
     def broker(self) -> RedisBrokerView | CountingBrokerView:
         return _broker_view(self.app, unacked_grace=self.settings.dispatch_grace)
