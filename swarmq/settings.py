@@ -70,6 +70,11 @@ class Settings:
     # and a live worker claims the evaluation of a message within moments of taking it).
     reconcile_interval: float = 2.0
     dispatch_grace: float = 5.0
+    # RabbitMQ only: the server's delivery acknowledgement timeout (its consumer_timeout, in
+    # seconds; 1800 unless raised in rabbitmq.conf or by a policy). RabbitMQ closes the channel
+    # of a task that runs longer and delivers its message again, so time_limit must stay below
+    # it: swarmq warns otherwise. Set this to what the server has once it is raised.
+    consumer_timeout: float = 1800.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +91,22 @@ class Settings:
         if self.visibility_timeout is not None:
             return self.visibility_timeout
         return self.time_limit + 600.0
+
+    def warnings(self) -> list[str]:
+        """Settings that are accepted but will misbehave on this broker (``swarmq worker`` and
+        ``swarmq settings`` print them)."""
+        found: list[str] = []
+        scheme = (self.broker_url or "").split(":", 1)[0].lower()
+        if scheme.startswith(("amqp", "pyamqp")) and self.time_limit > self.consumer_timeout:
+            found.append(
+                f"time_limit = {self.time_limit:g} s is above RabbitMQ's consumer_timeout "
+                f"({self.consumer_timeout:g} s, its default unless consumer_timeout is set): "
+                "RabbitMQ would close the channel of an evaluation running that long and deliver "
+                f"it again; raise the server's consumer_timeout above {self.time_limit * 1000:.0f}"
+                " ms (docs/distributed.md, RabbitMQ) and set consumer_timeout to it, or lower "
+                "time_limit"
+            )
+        return found
 
     def to_env(self) -> dict[str, str]:
         """The settings as ``SWARMQ_*`` environment variables, for child processes."""
@@ -112,6 +133,7 @@ _TYPES: dict[str, type] = {
     "heartbeat_timeout": float,
     "reconcile_interval": float,
     "dispatch_grace": float,
+    "consumer_timeout": float,
 }
 
 
@@ -127,6 +149,7 @@ def _validate(s: Settings) -> None:
         "heartbeat_interval",
         "heartbeat_timeout",
         "reconcile_interval",
+        "consumer_timeout",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{where(name)} = {getattr(s, name)}: must be above 0")

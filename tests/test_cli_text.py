@@ -221,3 +221,20 @@ def test_submit_and_worker_follow_one_schema_rule_on_an_empty_database(tmp_path:
     from sqlalchemy import inspect
 
     assert inspect(Database(db_url).engine).get_table_names() == []  # nothing created
+
+
+def test_rabbitmq_time_limit_above_consumer_timeout_is_warned(tmp_path: Path) -> None:
+    db = ["--db", f"sqlite:///{tmp_path / 'db.sqlite'}"]
+    amqp = ["--broker", "amqp://guest@127.0.0.1:1//"]
+    warned = CliRunner().invoke(main, [*db, *amqp, "settings"])
+    assert warned.exit_code == 0, warned.output
+    text = " ".join(warned.output.split())
+    assert "warning: time_limit = 3900 s is above RabbitMQ's consumer_timeout (1800 s" in text
+    assert "raise the server's consumer_timeout above 3900000 ms" in text
+    # Once the server's timeout is raised and said, or on Redis, no warning.
+    raised = CliRunner(env={"SWARMQ_CONSUMER_TIMEOUT": "4500"}).invoke(
+        main, [*db, *amqp, "settings"]
+    )
+    assert raised.exit_code == 0 and "warning" not in raised.output, raised.output
+    redis = CliRunner().invoke(main, [*db, "--broker", "redis://127.0.0.1:1/0", "settings"])
+    assert redis.exit_code == 0 and "warning" not in redis.output, redis.output

@@ -90,6 +90,8 @@ def worker(
         f"{redact_url(settings.database_url)}, artifacts {settings.artifacts}",
         highlight=False,
     )
+    for warning in settings.warnings():
+        err_console.print(styled(("warning:", "yellow"), f" {warning}"), soft_wrap=True)
     extra = {"SWARMQ_EVALUATE": evaluate_hook} if evaluate_hook else {}
     status = supervise(
         specs,
@@ -255,6 +257,8 @@ def settings_command(settings: Settings, as_json: bool) -> None:
         if name == "visibility_timeout" and value is None:
             shown = f"{settings.effective_visibility_timeout:g} (time_limit + 600)"
         rows[name] = {"value": shown, "from": settings.sources.get(name, "default")}
+    for warning in settings.warnings():
+        err_console.print(styled(("warning:", "yellow"), f" {warning}"), soft_wrap=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
