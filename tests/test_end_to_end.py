@@ -176,3 +176,56 @@ def test_bad_inputs_get_one_clear_line(tmp_path: Path, write_config: Callable[..
         )
         == []
     )
+
+
+RAISING_UTILITY = """
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from swarmq.objectives import TextGenerator, Utility, UtilityResult
+
+
+class Raises(Utility):
+    example_keys: ClassVar[tuple[str, ...]] = ("question",)
+
+    def score(
+        self, generator: TextGenerator, examples: Sequence[Mapping[str, Any]]
+    ) -> UtilityResult:
+        raise ValueError("cannot parse the answers\\nsecond line of the message")
+"""
+
+
+def test_a_utility_that_raises_every_time_fails_the_search_in_one_line(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    plugin = tmp_path / "raising.py"
+    plugin.write_text(RAISING_UTILITY, encoding="utf-8")
+    config = write_config(objective={"utility": f"{plugin}:Raises"}, search={"particles": 4})
+    # The plug-in generates nothing itself, so it takes no max_new_tokens.
+    config.write_text(config.read_text().replace("max_new_tokens = 2\n", ""))
+    result = cli(tmp_path, "run", str(config), "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    expected = "ValueError: cannot parse the answers"
+    assert "given up after 3 attempts (max_attempts = 3)" in result.output
+    assert f"the last error was: {expected}" in result.output
+    sid = search_id_of(tmp_path, "db.sqlite")
+    status = status_json(tmp_path, sid)
+    assert status["status"] == "failed" and expected in status["stop_reason"]
+    from swarmq.storage import Database, EvaluationRow
+
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with db.session() as s:
+        rows = s.query(EvaluationRow).filter(EvaluationRow.search_id == sid).all()
+        given_up = [r for r in rows if r.status == "failed"]
+        assert len(given_up) == 1 and given_up[0].attempts == 3
+        assert all(r.attempts <= 3 and r.status != "running" for r in rows)
+        assert all(
+            (r.error or expected).splitlines()[0].endswith(expected)
+            or r.error.startswith("evaluation of particle")
+            for r in rows
+        )
+    # resume is a person's decision to try again: the count starts over, the outcome is the same.
+    again = cli(tmp_path, "resume", sid, "--quiet")
+    assert again.exit_code == 2 and "Traceback" not in again.output
+    assert f"the last error was: {expected}" in again.output

@@ -177,6 +177,32 @@ def test_nan_utility_fails_the_search_with_the_reason(tmp_path: Path, pool: Path
         assert "finite" in (ev.error or "") and ev.attempts == 1
 
 
+@pytest.mark.parametrize(
+    ("metrics", "why"),
+    [({"tags": {"a", "b"}}, "not JSON serializable"), ({"loss": float("nan")}, "Out of range")],
+    ids=["set", "nan"],
+)
+def test_metrics_that_cannot_be_stored_fail_the_search_before_the_write(
+    url: str, tmp_path: Path, pool: Path, metrics: dict[str, Any], why: str
+) -> None:
+    # SQLite's JSON would store NaN and PostgreSQL's would refuse it mid-commit, leaving the
+    # evaluation running: both refuse it the same way, before anything is written.
+    def bad_metrics(*args: Any) -> tuple[float, dict[str, Any]]:
+        return distance_utility(*args)[0], metrics
+
+    runner = EmbeddedRunner(Settings(url, tmp_path / "art"), evaluate=bad_metrics)
+    sid = create_search(runner.runtime, config(pool), check_objective=False)
+    with pytest.raises(UtilityError, match=f"metrics that cannot be stored as JSON.*{why}"):
+        runner.drive(sid)
+    summary = search_summary(runner.runtime.db, sid)
+    assert summary.status == "failed" and "stored as JSON" in (summary.stop_reason or "")
+    with runner.runtime.db.session() as s:
+        statuses = s.scalars(
+            select(EvaluationRow.status).where(EvaluationRow.search_id == sid)
+        ).all()
+    assert "running" not in statuses and statuses.count("failed") == 1
+
+
 def test_corrupted_artifact_is_named(tmp_path: Path, pool: Path) -> None:
     runner = EmbeddedRunner(
         Settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art"), evaluate=distance_utility
@@ -276,6 +302,67 @@ def test_restarts_replay_the_reference_rule(tmp_path: Path, pool: Path) -> None:
         for (t, i), restarted in recorded.items()
         if t > 0
     )
+
+
+SLOW_DRIVE = """
+import sys, time
+from searches import distance_utility
+from swarmq.execution import EmbeddedRunner
+from swarmq.settings import Settings
+
+def slow(*args):
+    print("evaluating", flush=True)
+    time.sleep(0.5)
+    return distance_utility(*args)
+
+url, artifacts, sid = sys.argv[1:]
+EmbeddedRunner(Settings(url, artifacts), evaluate=slow).drive(sid)
+"""
+
+
+def test_a_second_resume_of_a_running_search_is_refused(
+    url: str, tmp_path: Path, pool: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from swarmq.cli import main
+
+    runner = EmbeddedRunner(Settings(url, tmp_path / "art"), evaluate=distance_utility)
+    sid = create_search(runner.runtime, config(pool), check_objective=False)
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent)}
+    first = subprocess.Popen(
+        [sys.executable, "-c", SLOW_DRIVE, url, str(tmp_path / "art"), sid],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert first.stdout is not None and first.stdout.readline() == "evaluating\n"
+        args = ["--db", url, "--artifacts", str(tmp_path / "art"), "resume", sid, "--quiet"]
+        second = CliRunner().invoke(main, args)
+        assert second.exit_code == 2, second.output
+        assert f"search {sid} is being run elsewhere" in " ".join(second.output.split())
+        assert "Traceback" not in second.output
+        # The refused resume touched nothing: the first one's evaluation is still its own.
+        with runner.runtime.db.session() as s:
+            running = s.scalars(
+                select(EvaluationRow).where(
+                    EvaluationRow.search_id == sid, EvaluationRow.status == "running"
+                )
+            ).all()
+        assert len(running) == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # A killed driver releases the search at once: resume finishes it.
+    again = EmbeddedRunner(Settings(url, tmp_path / "art"), evaluate=distance_utility)
+    again.drive(sid)
+    assert search_summary(again.runtime.db, sid).status == "completed"
 
 
 def test_unknown_search_is_named(tmp_path: Path) -> None:

@@ -715,7 +715,39 @@ def _bad_configs(
             variant("base.toml", base, json.dumps(str(tmp_path / "no-such-model"))),
             "no-such-model' does not exist",
         ),
+        (
+            variant("not-a-model.toml", base, json.dumps(str(world["experts"]))),
+            "is not a model folder (it holds no config.json)",
+        ),
+        (
+            variant("device.toml", 'device = "cpu"', 'device = "gpu0"'),
+            "base_model.device 'gpu0' is not a device",
+        ),
+        (
+            _chat_template_config(tmp_path, good),
+            "chat_template = true, but the tokenizer of base model",
+        ),
     ]
+
+
+SCORER = "def score(prompts, responses):\n    return [0.0 for _ in prompts]\n"
+
+
+def _chat_template_config(tmp_path: Path, good: str) -> Path:
+    """A reward_model search asking for the base model's chat template, which it lacks."""
+    scorer = tmp_path / "scorer.py"
+    scorer.write_text(SCORER)
+    data = tmp_path / "prompts.json"
+    data.write_text(
+        json.dumps({"dataset": "p", "dev": [{"prompt": "a"}], "test": [{"prompt": "b"}]})
+    )
+    text = good.split("[objective]")[0] + (
+        f'[objective]\nutility = "reward_model"\ndataset = {json.dumps(str(data))}\n'
+        f"[objective.options]\nscorer = {json.dumps(f'{scorer}:score')}\nchat_template = true\n"
+    )
+    path = tmp_path / "chat.toml"
+    path.write_text(text)
+    return path
 
 
 def _mismatched_pool(tmp_path: Path) -> Path:
@@ -754,6 +786,20 @@ def test_bad_input_is_refused_whole_with_the_reason(
         assert "Traceback" not in result.output
         _assert_empty(db_url)
     assert not (tmp_path / "art").exists() or not any((tmp_path / "art").rglob("*.safetensors"))
+
+
+def test_a_device_missing_here_is_refused_by_run_before_anything_is_written(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    # `run` evaluates in this process: a GPU this machine lacks is refused at creation. (A
+    # search submitted to workers is not judged by the submitting machine's devices.)
+    config = write_config("gpu.toml")
+    config.write_text(config.read_text().replace('device = "cpu"', 'device = "cuda:99"'))
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    result = _cli(db_url, tmp_path / "art", "run", str(config))
+    assert result.exit_code == 2, result.output
+    assert "device 'cuda:99'" in result.output and "Traceback" not in result.output
+    _assert_empty(db_url)
 
 
 def test_unknown_search_id_is_named_by_every_command(tmp_path: Path) -> None:

@@ -116,8 +116,17 @@ def _runner(settings: Settings) -> Any:
 
 
 def _drive(runner: Any, search_id: str, quiet: bool) -> None:
+    from swarmq.engine import search_summary
+
     with search_progress(runner.runtime.db, search_id, enabled=not quiet) as refresh:
         runner.drive(search_id, on_message=refresh)
+    summary = search_summary(runner.runtime.db, search_id)
+    if summary.status == "failed":
+        # The reason is the one line to act on; the exit status says the run did not finish.
+        reason = summary.stop_reason or "no reason recorded"
+        if "swarmq resume" not in reason:
+            reason += f"; fix the cause, then run: swarmq resume {search_id}"
+        raise SwarmqError(f"search {search_id} failed: {reason}")
     _print_result(runner.runtime.db, search_id)
 
 

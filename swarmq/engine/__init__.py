@@ -11,10 +11,12 @@ from swarmq.engine._evaluate import (
     EvaluationPolicy,
     Outcome,
     claim_coordination,
+    one_line,
     run_evaluation,
     worker_name,
 )
 from swarmq.engine._groups import GroupMember, group_members, seed_group_id, with_seed
+from swarmq.engine._lease import SearchBusyError, driving
 from swarmq.engine._queries import (
     FinalReport,
     ScoredPosition,
@@ -66,6 +68,7 @@ __all__ = [
     "ReconcileReport",
     "Runtime",
     "ScoredPosition",
+    "SearchBusyError",
     "SearchSummary",
     "Work",
     "best_history",
@@ -76,6 +79,7 @@ __all__ = [
     "create_search",
     "current_runtime",
     "delete_search",
+    "driving",
     "fail_coordination",
     "final_report",
     "global_best_position",
@@ -83,6 +87,7 @@ __all__ = [
     "install_runtime",
     "list_searches",
     "mark_dispatched",
+    "one_line",
     "pending_work",
     "reconcile",
     "reopen_search",

@@ -27,6 +27,7 @@ __all__ = [
     "put_vectors_in_txn",
     "record_artifacts_in_txn",
     "require_finite",
+    "require_storable",
     "search_in_txn",
 ]
 
@@ -145,3 +146,24 @@ def require_finite(value: float, what: str) -> float:
     if not math.isfinite(number):
         raise UtilityError(f"{what} returned {number!r}; a utility must be a finite number")
     return number
+
+
+def require_storable(metrics: Any, what: str) -> None:
+    """Refuse metrics the database cannot store as JSON, before anything is written.
+
+    A set or an object is not JSON at all; NaN and infinity are accepted by SQLite's JSON but
+    refused by PostgreSQL's, so they are refused here on both: the same search must record the
+    same way on either database, and a failed write would leave the evaluation running.
+    """
+    if not isinstance(metrics, dict):
+        raise UtilityError(
+            f"{what} returned metrics of type {type(metrics).__name__}; metrics must be a dict "
+            "of JSON values (numbers, strings, booleans, None, lists and dicts)"
+        )
+    try:
+        json.dumps(metrics, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise UtilityError(
+            f"{what} returned metrics that cannot be stored as JSON ({err}); return finite "
+            "numbers, strings, booleans, None, lists and dicts with string keys"
+        ) from None

@@ -23,18 +23,84 @@ __all__ = ["create_search"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
-def _check_base_model(path: str) -> None:
-    """Refuse a base model that is neither an existing folder nor possibly a hub id.
+# A [base_model] device: what select_device accepts (checked here without importing torch).
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
-    Without this, a typo in the path is found by the first evaluation, after the search is
-    recorded; a hub id can only be checked by loading it, so it is let through.
+
+def _check_base_model(config: SearchConfig, *, runs_here: bool) -> None:
+    """Refuse a base model, device or chat template that the first evaluation would fail on.
+
+    Found only then, the search would already be recorded (and failed). What can be checked
+    without loading the model is: the path is a model folder (it holds ``config.json``) or a
+    hub id; the device is one swarmq knows; and when the utility sends prompts through the
+    chat template (``chat_template = true``), the model's tokenizer has one. With
+    ``runs_here`` (the embedded mode: this process evaluates), a hub id must also be in the
+    local cache and the device must exist on this machine; a search submitted to workers is
+    not judged by the submitting machine's GPUs or cache.
     """
-    if Path(path).expanduser().exists() or (_HUB_ID.match(path) and ".." not in path):
-        return
-    raise ConfigError(
-        f"base_model.path {path!r} does not exist; give the folder of a model saved with "
-        "save_pretrained, or a hub id such as org/name"
-    )
+    path = config.base_model.path
+    local = Path(path).expanduser()
+    folder: Path | None = None
+    if local.exists():
+        if not local.is_dir() or not (local / "config.json").is_file():
+            raise ConfigError(
+                f"base_model.path {path!r} is not a model folder (it holds no config.json); "
+                "give the folder of a model saved with save_pretrained, or a hub id"
+            )
+        folder = local
+    elif _HUB_ID.match(path) and ".." not in path:
+        folder = _hub_cache_folder(path)
+        if folder is None and runs_here:
+            raise ConfigError(
+                f"base_model.path {path!r} is neither a folder nor a model in the local hub "
+                f"cache; download it first (hf download {path}) or give its folder"
+            )
+    else:
+        raise ConfigError(
+            f"base_model.path {path!r} does not exist; give the folder of a model saved with "
+            "save_pretrained, or a hub id such as org/name"
+        )
+    device = config.base_model.device
+    if not _DEVICE.match(device.strip().lower()):
+        raise ConfigError(
+            f"base_model.device {device!r} is not a device; use 'auto', 'cpu', 'cuda', "
+            "'cuda:N' or 'mps'"
+        )
+    if runs_here:
+        from swarmq.modeling._device import select_device
+
+        select_device(device)  # a GPU this machine does not have: ModelError, one line
+    wants_template = config.objective.options.get("chat_template") is True
+    if folder is not None and wants_template and not _has_chat_template(folder):
+        raise ConfigError(
+            f"objective.options.chat_template = true, but the tokenizer of base model "
+            f"{path!r} has no chat template; set chat_template = false or use a model "
+            "whose tokenizer has one"
+        )
+
+
+def _hub_cache_folder(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub model, or ``None`` when it is not in the cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _has_chat_template(folder: Path) -> bool:
+    """Whether the tokenizer saved in ``folder`` carries a chat template (in any of the files
+    transformers saves one to)."""
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    if (folder / "additional_chat_templates").is_dir():
+        return True
+    try:
+        data = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and bool(data.get("chat_template"))
 
 
 # What one particle costs in memory while a search is created and coordinated: its position,
@@ -81,6 +147,7 @@ def create_search(
     *,
     check_objective: bool = True,
     group_id: str | None = None,
+    runs_here: bool = False,
 ) -> str:
     """Record a new search and its iteration-0 evaluations; return its id.
 
@@ -89,13 +156,15 @@ def create_search(
     Nothing is dispatched here: the caller sends the pending work. ``group_id`` makes the
     search its seed's member of a seed group (see :mod:`swarmq.engine._groups`); a group
     already holding a search of this seed refuses a second one (a unique constraint).
+    ``runs_here`` says this process will evaluate it (the embedded mode): the base model must
+    then be loadable here (a cached hub id, an existing device).
     """
     pool = load_pool(config.experts.path, config.experts.adapter_config)
     if check_objective:
         from swarmq.modeling import check_objective as _check
 
         _check(config)
-        _check_base_model(config.base_model.path)
+        _check_base_model(config, runs_here=runs_here)
     n_experts = len(pool.experts)
     n = config.search.particles or n_experts
     if n < n_experts:

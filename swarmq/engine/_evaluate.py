@@ -44,6 +44,7 @@ from swarmq.engine._common import (
     config_of,
     layout_of,
     require_finite,
+    require_storable,
     search_in_txn,
 )
 from swarmq.engine._faults import fault_point
@@ -65,6 +66,7 @@ __all__ = [
     "EvaluationPolicy",
     "Outcome",
     "claim_coordination",
+    "one_line",
     "run_evaluation",
     "worker_name",
 ]
@@ -114,6 +116,13 @@ EvaluateFn = Callable[
 
 # What is recorded of one finished evaluation: utility, metrics, encoded item scores.
 _Done = tuple[float, dict[str, Any], bytes | None]
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: first line of the message``, at most 500 characters: what a person reads first."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def worker_name() -> str:
@@ -458,12 +467,12 @@ def _evaluate_claims(
                 items = encode_item_scores(result.item_scores)
         else:
             value, metrics = result
+        what = (
+            f"utility {config.objective.utility!r} on particle {c.particle}, iteration {iteration}"
+        )
         try:
-            utility = require_finite(
-                value,
-                f"utility {config.objective.utility!r} on particle {c.particle}, "
-                f"iteration {iteration}",
-            )
+            utility = require_finite(value, what)
+            require_storable(metrics, what)
         except SwarmqError as err:
             outcomes[c.particle] = err
             continue
@@ -570,7 +579,8 @@ def _give_up_in_txn(
     """The attempt cap: fail the evaluation and its search, saying why."""
     last = (ev.error or "").strip().splitlines()
     if last and not last[0].startswith(STOPPED_BEATING):
-        cause = f"the last error was: {last[-1][:500]}"
+        # A recorded error starts with its one-line summary (see _record_failure).
+        cause = f"the last error was: {last[0][:500]}"
     else:
         cause = (
             "the last attempt stopped without recording a result: its process was killed "
@@ -607,10 +617,12 @@ def _record_failure(
     stays failed and the search running, for ``swarmq resume``.
     """
     message = f"{err.__class__.__name__}: {err}"
+    # The first line is what a person needs (the exception's one-line summary); the traceback
+    # of an unexpected error follows it, for whoever debugs the utility.
     detail = (
         message
         if isinstance(err, SwarmqError)
-        else "".join(traceback.format_exception(err))[-4000:]
+        else one_line(err) + "\n\n" + "".join(traceback.format_exception(err))[-4000:]
     )
     try:
         with rt.db.session() as s:

@@ -1,7 +1,8 @@
 """What a distributed worker process knows beyond its runtime: its settings and their policy.
 
-The embedded mode installs none: its tasks run with the engine's defaults (no heartbeats, no
-automatic retries; ``swarmq resume`` is the retry).
+The embedded mode installs no worker settings: its tasks run without heartbeats, and an
+unexpected error of an evaluation is retried in the same process until ``max_attempts``
+claims (``swarmq resume`` starts the count over).
 """
 
 from __future__ import annotations
@@ -18,17 +19,26 @@ __all__ = [
     "build_worker_runtime",
     "current_policy",
     "import_evaluate",
+    "install_embedded_attempts",
     "install_worker_settings",
     "worker_settings",
 ]
 
 _settings: Settings | None = None
+# The attempt cap of the embedded mode (its runner sets it from its settings).
+_embedded_attempts = 3
 
 
 def install_worker_settings(settings: Settings | None) -> None:
     """Make ``settings`` the ones this process's tasks follow (None: the embedded defaults)."""
     global _settings
     _settings = settings
+
+
+def install_embedded_attempts(max_attempts: int) -> None:
+    """The attempt cap an embedded runner applies to its evaluations."""
+    global _embedded_attempts
+    _embedded_attempts = max_attempts
 
 
 def worker_settings() -> Settings | None:
@@ -39,7 +49,9 @@ def current_policy() -> EvaluationPolicy:
     """The evaluation policy of this process: the settings' in a worker, else the defaults."""
     s = _settings
     if s is None:
-        return EvaluationPolicy()
+        # An error that is not swarmq's own (a plug-in utility's exception, out of memory) may
+        # be transient: the evaluation is sent again, and at the cap the search fails with it.
+        return EvaluationPolicy(max_attempts=_embedded_attempts, retry_transient=True)
     return EvaluationPolicy(
         max_attempts=s.max_attempts,
         heartbeat_interval=s.heartbeat_interval,

@@ -7,6 +7,7 @@ record: after a crash, :func:`swarmq.engine.pending_work` rebuilds it from the d
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -15,15 +16,20 @@ from swarmq.config import SearchConfig
 from swarmq.engine import (
     Runtime,
     create_search,
+    driving,
     install_runtime,
+    one_line,
     pending_work,
     reopen_search,
     runtime_from_settings,
     send_work,
 )
+from swarmq.errors import SwarmqError
 from swarmq.settings import Settings
 
 __all__ = ["EmbeddedRunner", "LocalQueue"]
+
+log = logging.getLogger(__name__)
 
 
 class LocalQueue:
@@ -55,16 +61,19 @@ class EmbeddedRunner:
     """Runs searches to completion in this process, through the Celery tasks."""
 
     def __init__(self, settings: Settings, *, evaluate: Callable[..., Any] | None = None) -> None:
+        from swarmq.execution._context import install_embedded_attempts
+
         self.queue = LocalQueue()
         self.runtime: Runtime = runtime_from_settings(settings, self.queue)
         if evaluate is not None:
             self.runtime.evaluate = evaluate
         install_runtime(self.runtime)
+        install_embedded_attempts(settings.max_attempts)
 
     def submit(self, config: SearchConfig, *, group_id: str | None = None) -> str:
         """Validate and record a new search (of seed group ``group_id``, if given); returns
         its id (nothing runs yet)."""
-        return create_search(self.runtime, config, group_id=group_id)
+        return create_search(self.runtime, config, group_id=group_id, runs_here=True)
 
     def drive(
         self, search_id: str, on_message: Callable[[str, dict[str, Any]], None] | None = None
@@ -72,8 +81,21 @@ class EmbeddedRunner:
         """Run a search's outstanding work until none is left.
 
         Evaluations left ``running`` by a killed process are reset first: in embedded mode no
-        other process can be working on them.
+        other process can be working on them. An evaluation that raises an error other than
+        swarmq's own is recorded (with its one-line summary) and sent again, until the attempt
+        cap fails the search with it as the reason: the loop goes on rather than stop with a
+        traceback. swarmq's own errors (bad data, a NaN utility) fail the search at once and
+        are raised.
+
+        Only one process drives a search at a time: a second `run`/`resume` of it is refused
+        (:class:`swarmq.engine.SearchBusyError`) before it touches anything.
         """
+        with driving(self.runtime.db, search_id):
+            self._drive(search_id, on_message)
+
+    def _drive(
+        self, search_id: str, on_message: Callable[[str, dict[str, Any]], None] | None
+    ) -> None:
         from swarmq.execution import tasks  # registers the tasks with the app
 
         reopen_search(self.runtime, search_id, reset_running=True)
@@ -82,6 +104,20 @@ class EmbeddedRunner:
         registry = {"swarmq.evaluate": tasks.evaluate, "swarmq.coordinate": tasks.coordinate}
         while self.queue.messages:
             name, kwargs = self.queue.messages.popleft()
-            registry[name].apply(kwargs=kwargs, throw=True)
+            try:
+                registry[name].apply(kwargs=kwargs, throw=True)
+            except SwarmqError:
+                raise
+            except Exception as err:
+                if name != "swarmq.evaluate":
+                    raise
+                # Recorded on the evaluation by run_evaluation, and sent again under the cap.
+                log.warning(
+                    "evaluation of particle %s at iteration %s (%s) failed: %s",
+                    kwargs["particle"],
+                    kwargs["iteration"],
+                    kwargs["split"],
+                    one_line(err),
+                )
             if on_message is not None:
                 on_message(name, kwargs)

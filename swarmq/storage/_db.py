@@ -194,7 +194,15 @@ class Database:
             except SQLAlchemyError as err:
                 raise StorageError(f"cannot reach database {self.describe()}: {err}") from None
             if empty:
-                self.upgrade()
+                try:
+                    self.upgrade()
+                    return
+                except StorageError:
+                    pass  # another process created the schema first: judged just below
+            # Two commands started on one new database at once: the other one created the
+            # schema between the two reads above. Its revision is the one to judge.
+            current = self.current_revision()
+            if current == head:
                 return
         raise StorageError(
             f"database {self.describe()} is at schema revision {current or 'none'}, swarmq needs "
