@@ -23,10 +23,11 @@ measured is swarmq's own machinery. Three measurements, in one run:
 Run (PostgreSQL and Redis on 127.0.0.1; optuna from the ``bench`` extra)::
 
     .venv/bin/pip install -e ".[bench]"
-    .venv/bin/python benchmarks/bench_distributed.py
+    .venv/bin/python benchmarks/bench_distributed.py --redis redis://127.0.0.1:6379/11
 
-It creates and drops its own PostgreSQL databases (``swarmq_bench_*``, ``optuna_bench_*``) and
-empties the Redis database it is given (default 11; the tests use 15) before and after.
+It creates and drops its own PostgreSQL databases (``swarmq_bench_*``, ``optuna_bench_*``).
+The Redis database is the one given by ``--redis``: it must be empty (the run refuses one that
+holds keys, which may be another program's), and the run empties it again when it ends.
 """
 
 from __future__ import annotations
@@ -517,6 +518,19 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+POOL_SIZE = 4  # experts in the benchmark's pool; a search has at least as many particles
+
+
+def _at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: at least {low}")
+        return value
+
+    return parse
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -527,10 +541,13 @@ def main() -> None:
         help="an admin URL of the PostgreSQL server (databases are created and dropped on it)",
     )
     ap.add_argument(
-        "--redis", default="redis://127.0.0.1:6379/11", help="a Redis database it may empty"
+        "--redis",
+        required=True,
+        help="an empty Redis database for the run, e.g. redis://127.0.0.1:6379/11 (refused if "
+        "it holds keys; emptied again at the end)",
     )
-    ap.add_argument("--workers", type=int, default=2, help="evaluation processes for (a)")
-    ap.add_argument("--particles", type=int, default=20, help="(a): particles")
+    ap.add_argument("--workers", type=_at_least(1), default=2, help="evaluation processes for (a)")
+    ap.add_argument("--particles", type=_at_least(POOL_SIZE), default=20, help="(a): particles")
     ap.add_argument("--iterations", type=int, default=30, help="(a): iterations")
     ap.add_argument("--uneven-workers", type=int, default=4, help="(b): evaluation processes")
     ap.add_argument("--repeats", type=int, default=3, help="(c): restarts of each variant")
@@ -548,10 +565,15 @@ def main() -> None:
 
     from swarmq.execution import DistributedClient
     from swarmq.settings import load_settings
-    from swarmq.storage import Database
+    from swarmq.storage import Database, redact_url
 
     broker = redis.Redis.from_url(args.redis)
-    broker.flushdb()
+    keys = broker.dbsize()
+    if keys:
+        ap.error(
+            f"--redis {redact_url(args.redis)} holds {keys} key(s): give an empty database "
+            "(the run would mix its messages with them and empty it at the end)"
+        )
     with (
         tempfile.TemporaryDirectory(prefix="swarmq-bench-") as tmp,
         fresh_database(args.postgres, "swarmq_bench") as swarmq_url,
@@ -561,7 +583,7 @@ def main() -> None:
         db = Database(swarmq_url)
         db.upgrade()
         db.engine.dispose()
-        pool = make_pool(root / "pool", 4)
+        pool = make_pool(root / "pool", POOL_SIZE)
         base = {k: v for k, v in os.environ.items() if not k.startswith("SWARMQ_")}
         env = base | {
             "SWARMQ_DATABASE_URL": swarmq_url,
@@ -580,7 +602,10 @@ def main() -> None:
             cluster.wait_ready("coordinator")
             cluster.wait_ready("evaluate")
             # Warm-up: every pool process has opened its connections and read the pool.
-            swarmq_throughput(client, pool, particles=2 * args.workers, iterations=2)
+            # (At least one particle per expert: a search refuses fewer.)
+            swarmq_throughput(
+                client, pool, particles=max(2 * args.workers, POOL_SIZE), iterations=2
+            )
             ours: list[Throughput] = []
             theirs: list[Throughput] = []
             for k in range(args.throughput_repeats if "a" in parts else 0):
@@ -608,7 +633,7 @@ def main() -> None:
             client.runtime.db.engine.dispose()
             broker.flushdb()
 
-    if "a" in parts:
+    if "a" in parts and ours:  # (--throughput-repeats 0: the warm-up alone)
         print(
             f"(a) no-op evaluations, {args.workers} evaluation processes, PostgreSQL + Redis, "
             f"{args.throughput_repeats} runs of each, alternated"
