@@ -120,6 +120,41 @@ def test_two_workers_give_the_embedded_result(
     assert len(workers) >= 2, workers
 
 
+def test_an_asynchronous_search_on_two_workers_audits(
+    client: DistributedClient, cluster: Cluster, tmp_path: Path
+) -> None:
+    from swarmq.reporting import audit_search
+    from swarmq.storage import ApplicationRow
+
+    cfg = closed_form(
+        make_pool(tmp_path / "pool", 4),
+        "asynchronous",
+        "slow",
+        sleep=0.05,
+        swarm={"mode": "asynchronous"},
+        max_iterations=4,
+    )
+    sid = client.submit(cfg, check_objective=False)
+    db = client.runtime.db
+    assert wait_finished(db, sid, cluster) == "completed"
+    evs = evaluations(db, sid)
+    dev = [e for e in evs if e.split == "dev"]
+    assert all(e.status == "done" and e.attempts == 1 for e in evs)
+    assert len({e.worker for e in dev}) >= 2
+    with db.session() as s:
+        seqs = list(
+            s.scalars(
+                select(ApplicationRow.seq)
+                .where(ApplicationRow.search_id == sid)
+                .order_by(ApplicationRow.seq)
+            )
+        )
+    # Every result applied exactly once, numbered without gaps by the database.
+    assert seqs == list(range(len(dev)))
+    result = audit_search(db, LocalArtifactStore(Path(cluster.env["SWARMQ_ARTIFACTS"])), sid)
+    assert result.ok, [str(m) for m in result.mismatches]
+
+
 def test_cli_submit_cancel_resume_on_the_real_model(
     cluster_env: dict[str, str],
     cluster: Cluster,
