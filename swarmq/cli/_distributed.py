@@ -407,12 +407,14 @@ def _watch_lines(db: Any, settings: Settings, search_id: str, interval: float) -
     shown = ""
     try:
         while True:
+            # Finished first, then the line: the last line printed is the finished state.
+            finished = _finished(db, search_id)
             line = _watch_line(db, settings, search_id)
             if line != shown:
                 console.print(line, soft_wrap=True)
                 console.file.flush()
                 shown = line
-            if _finished(db, search_id):
+            if finished:
                 return
             time.sleep(interval)
     except (KeyboardInterrupt, _Stop):
