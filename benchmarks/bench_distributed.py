@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -221,7 +222,13 @@ def make_pool(root: Path, n: int) -> Path:
 
 
 def search_config(
-    pool: Path, name: str, *, particles: int, iterations: int, options: dict[str, Any]
+    pool: Path,
+    name: str,
+    *,
+    particles: int,
+    iterations: int,
+    options: dict[str, Any],
+    mode: str = "synchronous",
 ) -> Any:
     from swarmq.config import parse_config
 
@@ -241,7 +248,7 @@ def search_config(
                 "options": options,
             },
             # Patience above the budget: every search runs all its iterations.
-            "swarm": {"patience": iterations + 1},
+            "swarm": {"patience": iterations + 1, "mode": mode},
         }
     )
 
@@ -438,6 +445,85 @@ def _fifo_makespan(durations: list[float], workers: int) -> float:
     return max(free)
 
 
+@dataclass(frozen=True)
+class AsyncEfficiency:
+    evaluations: int
+    work: float  # seconds of evaluation, summed
+    wall: float
+    workers: int
+    fifo: float  # the same evaluations, each particle's in its order, no overhead at all
+    gap: float  # median time a worker spends between two evaluations (claim, record, apply)
+
+    @property
+    def ideal(self) -> float:
+        return self.work / self.workers
+
+
+def asynchronous_efficiency(
+    client: Any, pool: Path, workers: int, particles: int, iterations: int
+) -> AsyncEfficiency:
+    """(b) for ``[swarm] mode = "asynchronous"``: no barrier, so the bound is work / workers;
+    beside it, a zero-overhead simulation of the same queue (each particle's next evaluation
+    queued when its previous one finishes, taken by the first free worker)."""
+    options: dict[str, Any] = {
+        "hook": "uneven",
+        "seed": 3,
+        "median": 0.25,
+        "sigma": 0.8,
+        "min": 0.02,
+        "max": 2.0,
+    }
+    cfg = search_config(
+        pool,
+        "uneven-async",
+        particles=particles,
+        iterations=iterations,
+        options=options,
+        mode="asynchronous",
+    )
+    t0 = time.perf_counter()
+    sid = client.submit(cfg, check_objective=False)
+    wait_finished(client.runtime.db, sid, timeout=1800)
+    wall = time.perf_counter() - t0
+    done = [e for e in evaluation_rows(client.runtime.db, sid) if e.status == "done" and e.metrics]
+    work = sum(float(e.metrics["slept"]) for e in done)
+    chains: dict[int, list[float]] = {}
+    for e in sorted((e for e in done if e.split == "dev"), key=lambda e: e.iteration):
+        chains.setdefault(e.particle, []).append(float(e.metrics["slept"]))
+    tests = [float(e.metrics["slept"]) for e in done if e.split == "test"]
+    fifo = _chains_makespan(chains, workers) + _fifo_makespan(tests, workers)
+    gaps: list[float] = []
+    by_worker: dict[str, list[Any]] = {}
+    for e in done:
+        by_worker.setdefault(str(e.worker), []).append(e)
+    for rows in by_worker.values():
+        rows.sort(key=lambda e: e.started_at)
+        gaps += [
+            (b.started_at - a.finished_at).total_seconds() for a, b in itertools.pairwise(rows)
+        ]
+    return AsyncEfficiency(len(done), work, wall, workers, fifo, statistics.median(gaps))
+
+
+def _chains_makespan(chains: dict[int, list[float]], workers: int) -> float:
+    """Particles' evaluations in order, each queued when the particle's previous one ends and
+    taken by the first free worker, with no overhead: the asynchronous queue, simulated."""
+    import heapq
+
+    queue = [(0.0, p, 0) for p in sorted(chains)]  # (ready at, particle, index in its chain)
+    heapq.heapify(queue)
+    free = [0.0] * workers
+    end = 0.0
+    while queue:
+        ready, p, k = heapq.heappop(queue)
+        w = free.index(min(free))
+        start = max(ready, free[w])
+        free[w] = start + chains[p][k]
+        end = max(end, free[w])
+        if k + 1 < len(chains[p]):
+            heapq.heappush(queue, (free[w], p, k + 1))
+    return end
+
+
 # --- (c) coordinator restart ----------------------------------------------------------------------
 
 
@@ -558,6 +644,18 @@ def main() -> None:
         help="(a): runs of each system, alternated (swarmq, optuna, swarmq, ...)",
     )
     ap.add_argument("--only", choices=("a", "b", "c"), action="append", help="run only these parts")
+    ap.add_argument(
+        "--swarm-mode",
+        choices=("synchronous", "asynchronous", "both"),
+        default="synchronous",
+        help="(b): the [swarm] mode of the uneven searches",
+    )
+    ap.add_argument(
+        "--uneven-iterations",
+        type=int,
+        action="append",
+        help="(b), asynchronous: max_iterations of a run (repeat for several; default 6)",
+    )
     args = ap.parse_args()
     parts = set(args.only or ("a", "b", "c"))
 
@@ -619,7 +717,18 @@ def main() -> None:
                 cluster.stop("evaluate")
                 cluster.start("evaluate", "--concurrency", str(args.uneven_workers))
                 cluster.wait_ready("evaluate")
-            if "b" in parts:
+            asynchronous: list[tuple[int, AsyncEfficiency]] = []
+            if "b" in parts and args.swarm_mode in ("asynchronous", "both"):
+                for its in args.uneven_iterations or [6]:
+                    asynchronous.append(
+                        (
+                            its,
+                            asynchronous_efficiency(
+                                client, pool, args.uneven_workers, particles=12, iterations=its
+                            ),
+                        )
+                    )
+            if "b" in parts and args.swarm_mode in ("synchronous", "both"):
                 uneven = scheduling_efficiency(
                     client, pool, args.uneven_workers, particles=12, iterations=6
                 )
@@ -660,7 +769,7 @@ def main() -> None:
             )
         )
         print()
-    if "b" not in parts:
+    if "b" not in parts or args.swarm_mode == "asynchronous":
         uneven_runs = []
     else:
         uneven_runs = [("independent of the particle", uneven), ("correlation 0.8", smooth)]
@@ -686,6 +795,23 @@ def main() -> None:
             f"| per iteration: last result -> coordination applying -> next claimed | "
             f"{eff.to_applied:.3f} + {eff.to_started:.3f} | |"
         )
+        print()
+    for its, ae in asynchronous:
+        print(
+            f'(b) uneven evaluations, [swarm] mode = "asynchronous", 12 particles, '
+            f"max_iterations = {its}: {ae.evaluations} evaluations, log-normal (median 0.25 s, "
+            f"sigma 0.8, clipped to 0.02-2 s), {ae.workers} evaluation processes"
+        )
+        print("| measure | seconds | efficiency (bound / wall) |")
+        print("| --- | --- | --- |")
+        print(f"| total evaluation work | {ae.work:.2f} | |")
+        print(f"| ideal: work / workers | {ae.ideal:.2f} | {ae.ideal / ae.wall:.0%} |")
+        print(
+            f"| the same queue simulated with no overhead | {ae.fifo:.2f} | "
+            f"{ae.fifo / ae.wall:.0%} |"
+        )
+        print(f"| wall time, submit to finish | {ae.wall:.2f} | |")
+        print(f"| a worker between two evaluations (median) | {ae.gap:.3f} | |")
         print()
     if "c" in parts:
         print(
