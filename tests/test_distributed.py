@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from clusters import (
     Cluster,
+    PrivateRedis,
     children,
     closed_form,
     cluster_client,
@@ -381,3 +382,64 @@ def test_concurrent_coordinators_apply_an_iteration_exactly_once(
     assert len(sent_evals) == n  # the next iteration was dispatched once
     for rt, _q in runtimes:
         rt.db.engine.dispose()
+
+
+def test_a_worker_on_another_database_refuses_the_work_back_to_the_queue(
+    postgres_server: str, tmp_path: Path
+) -> None:
+    # A worker started with another database URL on the same broker used to acknowledge and
+    # drop every message it took (it found none of their rows). Now each message carries its
+    # database's identity; the wrong worker puts the message back, logs one error and stops
+    # taking messages, `swarmq status` says the work waits for a matching worker, and the
+    # right workers, once started, give the embedded result.
+    redis = PrivateRedis().start()
+    try:
+        with (
+            fresh_database(postgres_server, "swarmq_right", upgrade=True) as right,
+            fresh_database(postgres_server, "swarmq_wrong", upgrade=True) as wrong,
+        ):
+            hook = "distributed_hooks:evaluate"
+            (tmp_path / "right").mkdir()
+            (tmp_path / "wrong").mkdir()
+            right_env = worker_env(
+                tmp_path / "right", database=right, broker=redis.url, evaluate=hook
+            )
+            wrong_env = worker_env(
+                tmp_path / "wrong", database=wrong, broker=redis.url, evaluate=hook
+            )
+            assert Database(right).identity() != Database(wrong).identity()
+            misplaced = Cluster(wrong_env, tmp_path / "wrong")
+            try:
+                misplaced.start("wrong", "--concurrency", "1")
+                client = cluster_client(right_env)
+                cfg = closed_form(make_pool(tmp_path / "pool", 4), "same-as-embedded")
+                sid = client.submit(cfg, check_objective=False)
+                n = len(evaluations(client.runtime.db, sid))
+                log = tmp_path / "wrong" / "wrong.log"
+                deadline = time.monotonic() + 30
+                while "stops taking messages" not in log.read_text(errors="replace"):
+                    assert time.monotonic() < deadline, misplaced.tail("wrong")
+                    time.sleep(0.2)
+                time.sleep(1.0)
+                text = log.read_text(errors="replace")
+                assert text.count("stops taking messages") == 1, text
+                assert Database(right).identity() in text and "NotFoundError" not in text
+                # Nothing was claimed, and every message is still in the broker.
+                evs = evaluations(client.runtime.db, sid)
+                assert all(e.status == "pending" and e.attempts == 0 for e in evs)
+                queued = client.broker().queued_evaluations()
+                assert queued is not None and len(queued) == n
+                shown = CliRunner(env=swarmq_env(right_env)).invoke(main, ["status", sid])
+                assert shown.exit_code == 0, shown.output
+                flat = " ".join(shown.output.split())
+                assert f"{n} evaluation(s) waiting with no matching worker" in flat, flat
+                assert "are on other databases" in flat
+                with running_cluster(right_env) as cluster:
+                    assert wait_finished(client.runtime.db, sid, cluster) == "completed"
+                ref_db, ref = embedded_reference(tmp_path, cfg)
+                same_result(client.runtime.db, sid, ref_db, ref)
+                assert misplaced.procs["wrong"].poll() is None  # alive, taking nothing
+            finally:
+                misplaced.stop_all()
+    finally:
+        redis.stop()

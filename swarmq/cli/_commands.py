@@ -316,6 +316,7 @@ def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
     histories = utility_histories(db, search_id)
     report = final_report(db, search_id)
     activity = search_activity(db, search_id, settings.heartbeat_timeout)
+    stranded = _stranded(settings, db, s.status, activity.counts.get("pending", 0))
     if as_json:
         out = _summary_dict(s) | {
             "best_history": best_history(db, search_id),
@@ -323,6 +324,8 @@ def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
             "evaluations": activity.counts,
             "workers": activity.workers,
         }
+        if stranded is not None:
+            out["waiting_without_worker"] = stranded
         if report is not None:
             out["final"] = {
                 "best_expert": vars(report.best_expert),
@@ -337,10 +340,35 @@ def status(settings: Settings, search_id: str | None, as_json: bool) -> None:
     console.print(f"evaluations: {counts or 'none'}", highlight=False)
     if activity.workers:
         console.print(f"working on it: {', '.join(activity.workers)}", highlight=False)
+    if stranded is not None:
+        console.print(stranded, highlight=False)
     for i, h in enumerate(histories):
         console.print(f"particle {i:3d}: " + " ".join(fmt(u) for u in h[-12:]), highlight=False)
     if report is not None:
         console.print(final_table(report))
+
+
+def _stranded(settings: Settings, db: Any, status: str, pending: int) -> str | None:
+    """Why the waiting evaluations of a running search are not taken, when no live worker is
+    on this search's database (workers on another database refuse its messages)."""
+    if not settings.distributed or status != "running" or pending == 0:
+        return None
+    from swarmq.execution import DistributedClient
+
+    workers = DistributedClient(settings).worker_databases()
+    own = db.identity()
+    if any(identity == own for identity in workers.values()):
+        return None
+    others = sorted(node for node, identity in workers.items() if identity != own)
+    seen = (
+        f"the live workers ({', '.join(others)}) are on other databases"
+        if others
+        else "no worker answered"
+    )
+    return (
+        f"{pending} evaluation(s) waiting with no matching worker: {seen}; start one with "
+        f"swarmq worker --db {db.describe()!r}"
+    )
 
 
 def print_searches(db: Any, as_json: bool) -> None:

@@ -43,9 +43,9 @@ class DistributedClient:
         # One rule for everything that goes through a broker, the workers included: the
         # schema is made by `swarmq db upgrade` (or the compose file's migrate service), never
         # by whichever process comes first, which would race the others on an empty database.
-        self.runtime: Runtime = runtime_from_settings(
-            settings, CeleryDispatcher(self.app), create=False
-        )
+        dispatcher = CeleryDispatcher(self.app)
+        self.runtime: Runtime = runtime_from_settings(settings, dispatcher, create=False)
+        dispatcher.identity = self.runtime.db.identity
 
     def broker(self) -> RedisBrokerView | CountingBrokerView:
         return _broker_view(self.app, unacked_grace=self.settings.dispatch_grace)
@@ -86,6 +86,18 @@ class DistributedClient:
             dispatch_grace=self.settings.dispatch_grace,
             search_id=search_id,
         )
+
+    def worker_databases(self, timeout: float = 1.0) -> dict[str, str | None]:
+        """Each live worker (node name) and the identity of its database, as they answer."""
+        try:
+            replies = self.app.control.broadcast("swarmq_database", reply=True, timeout=timeout)
+        except Exception:  # the broker is down: no worker can be seen
+            return {}
+        found: dict[str, str | None] = {}
+        for reply in replies or []:
+            for node, answer in reply.items():
+                found[node] = answer.get("database") if isinstance(answer, dict) else None
+        return found
 
     def cancel(self, search_id: str) -> str:
         """Cancel a search; returns its status before."""

@@ -79,7 +79,9 @@ def build_worker_runtime(settings: Settings, evaluate: str | None = None) -> Run
     from swarmq.execution._app import configure_app
     from swarmq.execution._dispatch import CeleryDispatcher
 
-    rt = runtime_from_settings(settings, CeleryDispatcher(configure_app(settings)), create=False)
+    dispatcher = CeleryDispatcher(configure_app(settings))
+    rt = runtime_from_settings(settings, dispatcher, create=False)
+    dispatcher.identity = rt.db.identity
     if evaluate:
         rt.evaluate = import_evaluate(evaluate)
     return rt

@@ -6,7 +6,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import Celery
@@ -28,10 +28,15 @@ class CeleryDispatcher:
     the worker logs read ``search=… iteration=… particle=… split=…``.
     """
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, identity: Callable[[], str] | None = None) -> None:
         self.app = app
+        #: The identity of the database the work is recorded in (read on the first send):
+        #: every message carries it, so a worker on another database refuses it (see tasks).
+        self.identity = identity
 
     def _send(self, name: str, queue: str, kwargs: dict[str, Any], shown: str) -> None:
+        if self.identity is not None:
+            kwargs = kwargs | {"database": self.identity()}
         try:
             self.app.send_task(name, kwargs=kwargs, queue=queue, argsrepr="()", kwargsrepr=shown)
         except Exception as err:  # kombu raises OperationalError and socket errors

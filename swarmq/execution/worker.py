@@ -17,11 +17,14 @@ from typing import Any, ClassVar
 
 from celery import bootsteps
 from celery.signals import worker_process_init
+from celery.worker.control import inspect_command
 
 from swarmq.engine import install_runtime
+from swarmq.errors import SwarmqError
 from swarmq.execution._app import COORDINATOR_QUEUE, configure_app
 from swarmq.execution._context import build_worker_runtime, install_worker_settings
 from swarmq.settings import load_settings
+from swarmq.storage import Database
 
 __all__ = ["EVALUATE_HOOK_ENV", "ROLE_ENV", "app"]
 
@@ -42,6 +45,20 @@ def _init_pool_process(**_: Any) -> None:
     # The schema check at start-up logs every Alembic plugin at INFO: noise in a worker's log.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     install_runtime(build_worker_runtime(settings, os.environ.get(EVALUATE_HOOK_ENV)))
+
+
+_identity: dict[str, str | None] = {}
+
+
+@inspect_command(name="swarmq_database")
+def _database_identity(state: Any, **_: Any) -> dict[str, str | None]:
+    """The identity of this worker's database (``swarmq status`` asks for it)."""
+    if "database" not in _identity:
+        try:
+            _identity["database"] = Database(settings.database_url).identity()
+        except SwarmqError as err:
+            return {"database": None, "error": str(err)}
+    return {"database": _identity["database"]}
 
 
 class _ReconcileOnConnect(bootsteps.StartStopStep):

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy import create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -114,9 +114,31 @@ class Database:
         if self.is_sqlite:
             _sqlite_immediate_transactions(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._identity: str | None = None
 
     def describe(self) -> str:
         return redact_url(self.url)
+
+    def identity(self) -> str:
+        """The database's identity (made by ``swarmq db upgrade``), read once per object.
+
+        Two databases never share one, even on one server: task messages carry it, so a worker
+        can tell work of its own database from work it cannot place.
+        """
+        if self._identity is None:
+            from swarmq.storage._models import DatabaseIdentityRow
+
+            with self.session() as s:
+                found = s.scalars(
+                    select(DatabaseIdentityRow.id).order_by(DatabaseIdentityRow.created_at)
+                ).first()
+            if found is None:
+                raise StorageError(
+                    f"database {self.describe()} has no identity row; run: swarmq db upgrade "
+                    f"--db {self.describe()!r}"
+                )
+            self._identity = found
+        return self._identity
 
     @contextmanager
     def session(self) -> Iterator[Session]:

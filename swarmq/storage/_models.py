@@ -32,6 +32,7 @@ __all__ = [
     "Artifact",
     "Base",
     "BaselineRow",
+    "DatabaseIdentityRow",
     "EvaluationRow",
     "IterationRow",
     "ParticleRow",
@@ -50,6 +51,19 @@ class Base(DeclarativeBase):
         dict[str, Any]: JSON,
         datetime: DateTime(timezone=True),
     }
+
+
+class DatabaseIdentityRow(Base):
+    """The database's identity: one random id, made by the migration that creates the table.
+
+    Task messages carry it so that a worker started on another database refuses them back to
+    the queue rather than drop them (see :mod:`swarmq.execution.tasks`).
+    """
+
+    __tablename__ = "database_identity"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SearchRow(Base):
