@@ -332,3 +332,66 @@ def test_non_finite_recorded_vector_fails_the_audit(tmp_path: Path) -> None:
     result = audit_search(rt.db, rt.store, sid)
     assert "iteration 0, particle 1, position " in first(result)
     assert "expected finite numbers, recorded 6 of 18 not finite (the first nan" in first(result)
+
+
+def test_reevaluation_sees_a_utility_changed_consistently(
+    copy: tuple[Database, LocalArtifactStore, str],
+) -> None:
+    db, store, sid = copy
+    ok = audit_search(db, store, sid, reevaluate=6, final=True, evaluate=distance_utility)
+    assert ok.ok and ok.reevaluated == 6 + 2, [str(m) for m in ok.mismatches]
+    # A dev utility changed in both tables (and still below its particle's personal best, so
+    # no bookkeeping moves): the recomputation of the record cannot see it.
+    with db.session() as s:
+        st = s.get(ParticleStateRow, (sid, 3, 2))
+        assert st is not None and st.utility is not None and st.best_utility is not None
+        assert st.utility < st.best_utility
+        forged = (st.utility + st.best_utility) / 2
+        st.utility = forged
+        ev = s.scalars(
+            select(EvaluationRow).where(
+                EvaluationRow.search_id == sid,
+                EvaluationRow.iteration == 3,
+                EvaluationRow.particle == 2,
+                EvaluationRow.split == "dev",
+            )
+        ).one()
+        ev.utility = forged
+    assert audit_search(db, store, sid).ok  # invisible without evaluating again
+    every = audit_search(db, store, sid, reevaluate=10_000, evaluate=distance_utility)
+    message = first(every)
+    assert message.startswith("iteration 3, particle 2, dev utility (evaluated again): expected")
+    assert message.endswith(f"recorded {forged!r}")
+
+
+def test_reevaluation_of_the_final_table_sees_a_changed_test_score(
+    copy: tuple[Database, LocalArtifactStore, str],
+) -> None:
+    db, store, sid = copy
+    with db.session() as s:
+        ev = s.scalars(
+            select(EvaluationRow).where(
+                EvaluationRow.search_id == sid, EvaluationRow.split == "test"
+            )
+        ).first()
+        assert ev is not None and ev.utility is not None
+        where = (ev.iteration, ev.particle)
+        ev.utility += 0.5
+    assert audit_search(db, store, sid).ok
+    assert audit_search(db, store, sid, reevaluate=3, evaluate=distance_utility).ok
+    found = audit_search(db, store, sid, final=True, evaluate=distance_utility)
+    assert first(found).startswith(
+        f"iteration {where[0]}, particle {where[1]}, test utility (evaluated again)"
+    )
+    # Another device or dtype: a difference within the stated tolerance passes.
+    assert audit_search(db, store, sid, final=True, evaluate=distance_utility, tolerance=0.5).ok
+
+
+def test_reevaluation_sample_is_seeded_and_bounded() -> None:
+    from swarmq.reporting._reevaluate import sample_evaluations
+
+    keys = [(t, p) for t in range(5) for p in range(7)]
+    a = sample_evaluations(keys, 4, seed=3)
+    assert a == sample_evaluations(keys, 4, seed=3) and len(set(a)) == 4 and a == sorted(a)
+    assert a != sample_evaluations(keys, 4, seed=4)
+    assert sample_evaluations(keys, 99, seed=3) == keys

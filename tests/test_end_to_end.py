@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,6 +80,29 @@ def test_run_status_export(
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_world["base"]), out)
     assert any("lora_A" in n for n, _ in model.named_parameters())
+
+    # Evaluated again on the real model (same device, same dtype), the record agrees exactly.
+    audit = cli(tmp_path, "audit", sid, "--reevaluate", "4", "--final", "--quiet")
+    assert audit.exit_code == 0, audit.output
+    # 4 dev evaluations, and the final table's 1 or 2 test ones (one when the global best is
+    # the best initial expert).
+    assert re.search(r"\b(5|6) evaluations run again", " ".join(audit.output.split()))
+    # A test score of the final table changed in the record is found.
+    from swarmq.storage import Database, EvaluationRow
+
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with db.session() as s:
+        ev = (
+            s.query(EvaluationRow)
+            .filter(EvaluationRow.search_id == sid, EvaluationRow.split == "test")
+            .first()
+        )
+        assert ev is not None and ev.utility is not None
+        ev.utility = ev.utility + 0.25
+    db.engine.dispose()
+    forged = cli(tmp_path, "audit", sid, "--final", "--quiet")
+    assert forged.exit_code == 1, forged.output
+    assert "test utility (evaluated again)" in " ".join(forged.output.split())
 
 
 def test_two_runs_give_identical_histories(

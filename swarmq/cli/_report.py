@@ -204,6 +204,27 @@ def report(
     show_default=True,
     help="Memory for vectors kept between iterations.",
 )
+@click.option(
+    "--reevaluate",
+    "reevaluate",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="K",
+    help="Also run K sampled recorded dev evaluations again (the model is loaded) and compare.",
+)
+@click.option(
+    "--final",
+    is_flag=True,
+    help="Also run the final table's test evaluations again and compare.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Accepted difference of a re-evaluated utility: 0 (exact) on the recording device "
+    "and dtype; above 0 on another device or dtype.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
@@ -213,12 +234,17 @@ def audit(
     max_mismatches: int,
     check_experts: bool,
     cache_mb: int,
+    reevaluate: int,
+    final: bool,
+    tolerance: float,
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Recompute every position and velocity of SEARCH from its record; name the first mismatch.
 
-    Exit status 0 when the record agrees with its recomputation, 1 on a mismatch.
+    With --reevaluate K and --final, also evaluate recorded positions again and compare their
+    utilities with the record. Exit status 0 when the record agrees with its recomputation, 1
+    on a mismatch.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -244,6 +270,9 @@ def audit(
             check_experts=check_experts,
             cache_bytes=cache_mb * 2**20,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
+            reevaluate=reevaluate,
+            final=final,
+            tolerance=tolerance,
         )
     if as_json:
         out: dict[str, Any] = {
@@ -258,6 +287,7 @@ def audit(
         summary = (
             f"{result.iterations} iterations, {result.states} particle states, "
             f"{result.updates} updates recomputed, {result.baselines} baseline evaluations, "
+            f"{result.reevaluated} evaluations run again, "
             f"{result.artifacts_read} artifacts "
             f"({mib:.1f} MiB) read in {result.seconds:.2f} s"
         )

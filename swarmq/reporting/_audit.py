@@ -115,6 +115,9 @@ class AuditResult:
     notes: tuple[str, ...] = ()
     #: Recorded baseline evaluations checked (``swarmq baselines``).
     baselines: int = 0
+    #: Recorded evaluations run again (``reevaluate`` dev ones, plus the final table's test
+    #: ones with ``final``) and compared with the record.
+    reevaluated: int = 0
 
     @property
     def ok(self) -> bool:
@@ -372,6 +375,10 @@ def audit_search(
     check_experts: bool = False,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     progress: Callable[[int, int], None] | None = None,
+    reevaluate: int = 0,
+    final: bool = False,
+    evaluate: Callable[..., Any] | None = None,
+    tolerance: float = 0.0,
 ) -> AuditResult:
     """Recompute every position and velocity of a search from its record; see the module doc.
 
@@ -380,6 +387,11 @@ def audit_search(
     or changed since the search; that is then reported as a mismatch). Vectors are kept in
     memory up to ``cache_bytes`` (least recently used ones are dropped and read again when
     needed). ``progress(t, total)`` is called after each iteration.
+
+    ``reevaluate`` K > 0 runs K sampled recorded dev evaluations again, and ``final`` every
+    test evaluation of the final table, with ``evaluate`` (the model by default), and names
+    each whose utility differs from the record by more than ``tolerance`` (0: exactly equal;
+    see :mod:`swarmq.reporting._reevaluate`).
     """
     t0 = time.perf_counter()
     with db.session() as s:
@@ -429,7 +441,7 @@ def audit_search(
 
     found = _Findings(max(1, max_mismatches))
     vectors = _Vectors(store, cache_bytes, 4 * layout.size)
-    counts = {"states": 0, "updates": 0, "iterations": 0, "baselines": 0}
+    counts = {"states": 0, "updates": 0, "iterations": 0, "baselines": 0, "reevaluated": 0}
     baseline_notes: list[str] = []
     last = max(iterations, default=-1)
     # Where the test evaluations (final table, baselines) say they read: checked at the end.
@@ -540,6 +552,10 @@ def audit_search(
         counts["baselines"], baseline_notes = _check_baselines(
             found, vectors, db, search_id, seed, n_experts, evaluations
         )
+        if reevaluate > 0 or final:
+            counts["reevaluated"] = _reevaluate(
+                found, db, store, search_id, reevaluate, final, evaluate, tolerance
+            )
     except _StopAudit:
         pass
     finally:
@@ -560,7 +576,40 @@ def audit_search(
         mismatches=tuple(found.items),
         notes=tuple(notes),
         baselines=counts["baselines"],
+        reevaluated=counts["reevaluated"],
     )
+
+
+def _reevaluate(
+    found: _Findings,
+    db: Database,
+    store: ArtifactStore,
+    search_id: str,
+    sample: int,
+    final: bool,
+    evaluate: Callable[..., Any] | None,
+    tolerance: float,
+) -> int:
+    """Recorded utilities against a new evaluation of their positions."""
+    from swarmq.reporting._reevaluate import reevaluate_search
+
+    if evaluate is None:
+        from swarmq.engine._runtime import model_evaluate
+
+        evaluate = model_evaluate
+    done = reevaluate_search(db, store, search_id, sample=sample, final=final, evaluate=evaluate)
+    what = "utility (evaluated again" + (")" if tolerance == 0 else f", tolerance {tolerance!r})")
+    for r in done:
+        if r.agrees(tolerance):
+            continue
+        found.add(
+            r.iteration,
+            r.particle,
+            f"{r.split} {what}",
+            r.recomputed if r.recomputed is not None else f"an evaluation ({r.error})",
+            r.recorded,
+        )
+    return len(done)
 
 
 def _check_baselines(
