@@ -779,6 +779,8 @@ def test_bad_input_is_refused_whole_with_the_reason(
     tiny_world: dict[str, Path],
 ) -> None:
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    if command == "submit":  # the distributed mode needs the schema made first (db upgrade)
+        Database(db_url).upgrade()
     for config, needle in _bad_configs(tmp_path, write_config, tiny_world):
         result = _cli(db_url, tmp_path / "art", command, str(config))
         assert result.exit_code == 2, (config.name, result.output)
