@@ -349,12 +349,15 @@ def _watch_line(db: Any, settings: Settings, search_id: str) -> str:
     return line + (f"; stopped: {s.stop_reason}" if s.stop_reason else "")
 
 
-class _Stop(Exception):
-    """SIGTERM while watching: end as Ctrl-C does, with the last state shown."""
+class _Stop:
+    """SIGTERM while watching: noted by the handler, acted on between two polls (raising from
+    the handler could interrupt a database call half-way)."""
 
+    requested = False
 
-def _on_sigterm(*_: Any) -> None:
-    raise _Stop
+    @classmethod
+    def handler(cls, *_: Any) -> None:
+        cls.requested = True
 
 
 @main.command()
@@ -371,7 +374,8 @@ def watch(settings: Settings, search_id: str, interval: float) -> None:
 
     db = _database(settings)
     started = time.monotonic()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    _Stop.requested = False
+    previous = signal.signal(signal.SIGTERM, _Stop.handler)
     try:
         if console.is_terminal:
             _watch_live(db, settings, search_id, interval, started)
@@ -392,12 +396,12 @@ def _watch_live(
             auto_refresh=False,
         ) as live:
             try:
-                while not _finished(db, search_id):
+                while not _finished(db, search_id) and not _Stop.requested:
                     time.sleep(interval)
                     live.update(_watch_view(db, settings, search_id, started), refresh=True)
             finally:
                 live.update(_watch_view(db, settings, search_id, started), refresh=True)
-    except (KeyboardInterrupt, _Stop):
+    except KeyboardInterrupt:
         pass
 
 
@@ -417,5 +421,8 @@ def _watch_lines(db: Any, settings: Settings, search_id: str, interval: float) -
             if finished:
                 return
             time.sleep(interval)
-    except (KeyboardInterrupt, _Stop):
-        console.print(f"stopped watching: {_watch_line(db, settings, search_id)}", soft_wrap=True)
+            if _Stop.requested:
+                break
+    except KeyboardInterrupt:
+        pass
+    console.print(f"stopped watching: {_watch_line(db, settings, search_id)}", soft_wrap=True)
