@@ -55,6 +55,8 @@ from swarmq.storage import (
     EvaluationRow,
     IterationRow,
     ParticleStateRow,
+    SearchRow,
+    database_clock,
     database_now,
     encode_item_scores,
     utcnow,
@@ -190,15 +192,17 @@ class _Heartbeat:
         lost = False
         while not self._stop.wait(wait):
             try:
-                with self.rt.db.session() as s:
-                    beat = s.execute(
+                # One statement, its own transaction, stamped by the database's clock.
+                clock = utcnow() if self.rt.db.is_sqlite else func.clock_timestamp()
+                with self.rt.db.statement() as conn:
+                    beat = conn.execute(
                         update(EvaluationRow)
                         .where(
                             EvaluationRow.id.in_(self.evaluation_ids),
                             EvaluationRow.status == "running",
                             EvaluationRow.worker == self.worker,
                         )
-                        .values(heartbeat_at=database_now(s))
+                        .values(heartbeat_at=clock)
                     )
                     held = cast(CursorResult[Any], beat).rowcount
             except Exception as err:  # logged, never raised: see the class docstring
@@ -274,39 +278,29 @@ def run_evaluation(
     """
     worker = worker or worker_name()
     policy = policy or EvaluationPolicy()
-    with rt.db.session() as s:
-        ev = _evaluation_in_txn(s, search_id, iteration, particle, split)
-        if ev.status in FINISHED:
-            return Outcome("duplicate", ev.utility)
-        search = search_in_txn(s, search_id)
-        # The lease is stamped by the database's clock, as the reconciler judges it.
-        now = database_now(s)
-        if search.status in ("cancelled", "failed"):
-            if ev.status == "running" and _holder_gone(ev, now, policy):
-                ev.status, ev.worker = "pending", None  # nobody works on it any more
-            return Outcome("cancelled" if search.status == "cancelled" else "inactive")
-        if ev.status == "running" and not _holder_gone(ev, now, policy):
-            # A second message for work a live worker holds (a reconciler race, a redelivery):
-            # running it again would only burn a GPU. If the holder dies, its heartbeat stops
-            # and the reconciler sends the evaluation again.
-            return Outcome("busy")
-        if ev.attempts >= policy.max_attempts:
-            _give_up_in_txn(s, ev, search_id, iteration, particle, split, policy, now)
-            return Outcome("failed")
-        config_json, layout_json, adapter_json = (
-            search.config_json,
-            search.layout_json,
-            search.adapter_config_json,
-        )
-        claims = [_claim_in_txn(ev, worker, now)]
+    fast = _claim_pending(rt, search_id, iteration, particle, split, worker, policy)
+    if fast is not None:
+        claims, config_json, layout_json, adapter_json = fast
         try:
             extra = config_of(config_json).objective.particles_per_batch - 1
         except SwarmqError:
             extra = 0  # a bad record fails below, where its error is recorded
         if extra > 0:
-            claims += [
-                _claim_in_txn(row, worker, now) for row in _companions_in_txn(s, ev, extra, policy)
-            ]
+            # Companions are rows of their own, claimed in a transaction of their own.
+            with rt.db.session() as s:
+                now = database_now(s)
+                claims += [
+                    _claim_in_txn(row, worker, now)
+                    for row in _companions_in_txn(
+                        s, search_id, iteration, particle, split, extra, policy
+                    )
+                ]
+    else:
+        claims, config_json, layout_json, adapter_json, early = _claim_in_general(
+            rt, search_id, iteration, particle, split, worker, policy
+        )
+        if early is not None:
+            return early
 
     try:
         with _Heartbeat(rt, [c.evaluation_id for c in claims], worker, policy.heartbeat_interval):
@@ -367,6 +361,141 @@ def run_evaluation(
     return Outcome(own.status, own.utility, batch)
 
 
+def _claim_pending(
+    rt: Runtime,
+    search_id: str,
+    iteration: int,
+    particle: int,
+    split: str,
+    worker: str,
+    policy: EvaluationPolicy,
+) -> tuple[list[_Claim], str, str, str | None] | None:
+    """The usual delivery, in one statement: claim the evaluation if it is ``pending``, under
+    the attempt cap, and its search neither cancelled nor failed; returns the claim and the
+    search's recorded configuration, layout and adapter configuration, or None for every
+    other case (finished, running, at the cap, a stopped search, SQLite), which
+    :func:`_claim_in_general` decides row in hand.
+
+    The same ``UPDATE`` that checks the row's state changes it, atomically, stamped with the
+    database's clock: on PostgreSQL one statement in autocommit, one round trip, instead of a
+    transaction (BEGIN, a locking read, a write, COMMIT).
+    """
+    if rt.db.is_sqlite:
+        return None  # SQLite's RETURNING cannot name the joined searches table
+    clock = func.clock_timestamp()
+    with rt.db.statement() as conn:
+        found = conn.execute(
+            update(EvaluationRow)
+            .where(
+                EvaluationRow.search_id == search_id,
+                EvaluationRow.iteration == iteration,
+                EvaluationRow.particle == particle,
+                EvaluationRow.split == split,
+                EvaluationRow.status == "pending",
+                EvaluationRow.attempts < policy.max_attempts,
+                SearchRow.id == EvaluationRow.search_id,
+                SearchRow.status.not_in(("cancelled", "failed")),
+            )
+            .values(
+                status="running",
+                attempts=EvaluationRow.attempts + 1,
+                worker=worker,
+                started_at=clock,
+                heartbeat_at=clock,
+                finished_at=None,
+                error=None,
+            )
+            .returning(
+                EvaluationRow.id,
+                EvaluationRow.attempts,
+                EvaluationRow.position_hash,
+                SearchRow.config_json,
+                SearchRow.layout_json,
+                SearchRow.adapter_config_json,
+            )
+        ).one_or_none()
+    if found is None:
+        return None
+    evaluation_id, attempts, position_hash, config_json, layout_json, adapter_json = found
+    claim = _Claim(evaluation_id, particle, attempts, position_hash)
+    return [claim], config_json, layout_json, adapter_json
+
+
+def _claim_in_general(
+    rt: Runtime,
+    search_id: str,
+    iteration: int,
+    particle: int,
+    split: str,
+    worker: str,
+    policy: EvaluationPolicy,
+) -> tuple[list[_Claim], str, str, str | None, Outcome | None]:
+    """Every delivery that :func:`_claim_pending` did not claim: decide with the row in
+    hand (a duplicate, a stopped search, a live or dead holder, the cap). Returns the claims
+    and the search's records, or the outcome of a delivery that claims nothing."""
+    with rt.db.session() as s:
+        # One statement: the row (locked), what the task needs of its search, and the time by
+        # the database's clock, with which the lease is stamped as the reconciler judges it.
+        found = s.execute(
+            select(
+                EvaluationRow,
+                SearchRow.status,
+                SearchRow.config_json,
+                SearchRow.layout_json,
+                SearchRow.adapter_config_json,
+                database_clock(s),
+            )
+            .join(SearchRow, SearchRow.id == EvaluationRow.search_id)
+            .where(
+                EvaluationRow.search_id == search_id,
+                EvaluationRow.iteration == iteration,
+                EvaluationRow.particle == particle,
+                EvaluationRow.split == split,
+            )
+            .with_for_update(of=EvaluationRow)
+        ).one_or_none()
+        if found is None:
+            raise NotFoundError(
+                f"search {search_id!r} has no {split} evaluation of particle {particle} "
+                f"at iteration {iteration}"
+            )
+        ev, search_status, config_json, layout_json, adapter_json, clock = found
+        if ev.status in FINISHED:
+            return [], "", "", None, Outcome("duplicate", ev.utility)
+        now = clock if clock is not None else utcnow()
+        if search_status in ("cancelled", "failed"):
+            if ev.status == "running" and _holder_gone(ev, now, policy):
+                ev.status, ev.worker = "pending", None  # nobody works on it any more
+            return (
+                [],
+                "",
+                "",
+                None,
+                Outcome("cancelled" if search_status == "cancelled" else "inactive"),
+            )
+        if ev.status == "running" and not _holder_gone(ev, now, policy):
+            # A second message for work a live worker holds (a reconciler race, a redelivery):
+            # running it again would only burn a GPU. If the holder dies, its heartbeat stops
+            # and the reconciler sends the evaluation again.
+            return [], "", "", None, Outcome("busy")
+        if ev.attempts >= policy.max_attempts:
+            _give_up_in_txn(s, ev, search_id, iteration, particle, split, policy, now)
+            return [], "", "", None, Outcome("failed")
+        claims = [_claim_in_txn(ev, worker, now)]
+        try:
+            extra = config_of(config_json).objective.particles_per_batch - 1
+        except SwarmqError:
+            extra = 0  # a bad record fails below, where its error is recorded
+        if extra > 0:
+            claims += [
+                _claim_in_txn(row, worker, now)
+                for row in _companions_in_txn(
+                    s, search_id, iteration, particle, split, extra, policy
+                )
+            ]
+    return claims, config_json, layout_json, adapter_json, None
+
+
 @dataclass(frozen=True)
 class _Claim:
     """An evaluation row this task set to ``running``: what it needs to evaluate and record it."""
@@ -386,9 +515,15 @@ def _claim_in_txn(ev: EvaluationRow, worker: str, now: datetime) -> _Claim:
 
 
 def _companions_in_txn(
-    s: Any, own: EvaluationRow, limit: int, policy: EvaluationPolicy
+    s: Any,
+    search_id: str,
+    iteration: int,
+    particle: int,
+    split: str,
+    limit: int,
+    policy: EvaluationPolicy,
 ) -> list[EvaluationRow]:
-    """Up to ``limit`` evaluations to score along with ``own``: same search, iteration and
+    """Up to ``limit`` evaluations to score along with ``particle``'s: same search, iteration and
     split, ``pending`` (a running, finished or failed row is someone else's business) and under
     the attempt cap (reaching it is for the row's own message to report), lowest particle first.
     """
@@ -396,10 +531,10 @@ def _companions_in_txn(
         s.scalars(
             select(EvaluationRow)
             .where(
-                EvaluationRow.search_id == own.search_id,
-                EvaluationRow.iteration == own.iteration,
-                EvaluationRow.split == own.split,
-                EvaluationRow.particle != own.particle,
+                EvaluationRow.search_id == search_id,
+                EvaluationRow.iteration == iteration,
+                EvaluationRow.split == split,
+                EvaluationRow.particle != particle,
                 EvaluationRow.status == "pending",
                 EvaluationRow.attempts < policy.max_attempts,
             )
@@ -498,71 +633,101 @@ def _record_done(
         asynchronous = split == "dev" and is_asynchronous(search.config_json)
         # The asynchronous mode applies the results here, under the search's row lock (taken
         # after the evaluation rows', the order every other writer of both uses); the
-        # synchronous mode takes the iteration's lock to see which recorder completes it.
-        it = (
-            None
-            if asynchronous
-            else s.scalars(
-                select(IterationRow)
+        # synchronous mode takes the iteration's lock to see which recorder completes it,
+        # reading the database's clock in the same statement.
+        it_status: str | None = None
+        if asynchronous:
+            now = database_now(s)
+        else:
+            locked = s.execute(
+                select(IterationRow.status, database_clock(s))
                 .where(IterationRow.search_id == search_id, IterationRow.number == iteration)
                 .with_for_update()
-            ).one()
-        )
-        rows = s.scalars(
-            select(EvaluationRow)
+            ).one_or_none()
+            if locked is None:
+                raise NotFoundError(f"search {search_id!r} has no iteration {iteration}")
+            it_status, clock = locked
+            # The database's clock, as for the claim: a duration (finished - started) must
+            # not mix the clocks of two machines (the coordinator orders evaluations by them).
+            now = clock if clock is not None else utcnow()
+        # Then one conditional UPDATE per evaluation (a row already finished by another
+        # delivery of the same work is left as it is) and one per particle state: no row is
+        # read first.
+        no_sync = {"synchronize_session": False}
+        unfinished = (
+            select(func.count())
+            .select_from(EvaluationRow)
             .where(
                 EvaluationRow.search_id == search_id,
                 EvaluationRow.iteration == iteration,
+                EvaluationRow.split == "dev",
+                EvaluationRow.status.not_in(FINISHED),
+            )
+            .scalar_subquery()
+        )
+        remaining: int | None = None
+        for particle in sorted(done):
+            utility, metrics, items = done[particle]
+            where = (
+                EvaluationRow.search_id == search_id,
+                EvaluationRow.iteration == iteration,
                 EvaluationRow.split == split,
-                EvaluationRow.particle.in_(sorted(done)),
+                EvaluationRow.particle == particle,
             )
-            .order_by(EvaluationRow.particle)
-            .with_for_update()
-        ).all()
-        # The database's clock, as for the claim: a duration (finished - started) must not mix
-        # the clocks of two machines (the coordinator orders evaluations by them).
-        now = database_now(s)
-        for ev in rows:
-            if ev.status in FINISHED:  # another delivery of the same work finished first
-                outcomes[ev.particle] = Outcome("duplicate", ev.utility)
-                continue
-            utility, metrics, items = done[ev.particle]
-            ev.status, ev.utility, ev.metrics = "done", utility, metrics
-            ev.item_scores = items
-            ev.finished_at = now
-            ev.error = None
-            outcomes[ev.particle] = Outcome("done", utility)
-            if split == "dev":
-                state = s.get(ParticleStateRow, (search_id, iteration, ev.particle))
-                if state is None:
+            changed = s.execute(
+                update(EvaluationRow)
+                .where(*where, EvaluationRow.status.not_in(FINISHED))
+                .values(
+                    status="done",
+                    utility=utility,
+                    metrics=metrics,
+                    item_scores=items,
+                    finished_at=now,
+                    error=None,
+                )
+                .returning(EvaluationRow.id),
+                execution_options=no_sync,
+            ).first()
+            if changed is None:
+                before = s.execute(select(EvaluationRow.utility).where(*where)).first()
+                if before is None:
                     raise NotFoundError(
-                        f"particle {ev.particle} has no state at iteration {iteration}"
+                        f"search {search_id!r} has no {split} evaluation of particle "
+                        f"{particle} at iteration {iteration}"
                     )
-                state.utility, state.evaluated = utility, True
-        missing = sorted(set(done) - set(outcomes))
-        if missing:
-            raise NotFoundError(
-                f"search {search_id!r} has no {split} evaluation of particle(s) {missing} "
-                f"at iteration {iteration}"
-            )
+                # Another delivery of the same work finished first.
+                outcomes[particle] = Outcome("duplicate", before[0])
+                continue
+            outcomes[particle] = Outcome("done", utility)
+            if split == "dev":
+                # The state's UPDATE also returns how many of the iteration's evaluations are
+                # still unfinished (this statement sees this transaction's own writes, and every
+                # recorder that held the lock before): no round trip of its own.
+                moved = s.execute(
+                    update(ParticleStateRow)
+                    .where(
+                        ParticleStateRow.search_id == search_id,
+                        ParticleStateRow.iteration == iteration,
+                        ParticleStateRow.particle == particle,
+                    )
+                    .values(utility=utility, evaluated=True)
+                    .returning(unfinished),
+                    execution_options=no_sync,
+                ).first()
+                if moved is None:
+                    raise NotFoundError(
+                        f"particle {particle} has no state at iteration {iteration}"
+                    )
+                remaining = int(moved[0])
         coordinate = False
         if asynchronous:
             applying = [p for p, o in sorted(outcomes.items()) if o.status == "done"]
             search = search_in_txn(s, search_id, lock=True)
             follow = apply_recorded_in_txn(s, rt, search, [(iteration, p) for p in applying])
         elif split == "dev":
-            assert it is not None
-            remaining = s.scalar(
-                select(func.count())
-                .select_from(EvaluationRow)
-                .where(
-                    EvaluationRow.search_id == search_id,
-                    EvaluationRow.iteration == iteration,
-                    EvaluationRow.split == "dev",
-                    EvaluationRow.status.not_in(FINISHED),
-                )
-            )
-            coordinate = remaining == 0 and it.status == "evaluating"
+            if remaining is None:  # every one was a duplicate: count now
+                remaining = int(s.scalar(select(unfinished)) or 0)
+            coordinate = remaining == 0 and it_status == "evaluating"
     return outcomes, coordinate, follow
 
 

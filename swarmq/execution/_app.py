@@ -56,9 +56,12 @@ app.conf.update(
     # broker redelivers its message meanwhile, the copy finds it held by a live worker and is
     # dropped (see EvaluationPolicy).
     worker_cancel_long_running_tasks_on_connection_loss=False,
-    # Task events for Flower: names and arguments of what runs where.
-    worker_send_task_events=True,
-    task_send_sent_event=True,
+    # No task events unless someone watches: each would be one more broker message per task
+    # (received, started, succeeded, and sent on the sending side), a cost every evaluation
+    # pays. Flower turns the workers' events on when it starts (its enable_events option,
+    # on by default) and shows the tasks from them.
+    worker_send_task_events=False,
+    task_send_sent_event=False,
     task_routes={
         "swarmq.evaluate": {"queue": EVALUATE_QUEUE},
         "swarmq.coordinate": {"queue": COORDINATOR_QUEUE},

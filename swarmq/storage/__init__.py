@@ -1,7 +1,13 @@
 """The durable record: SQLAlchemy models, database sessions and the artifact store."""
 
 from swarmq.storage._artifacts import ArtifactStore, LocalArtifactStore, encode_vector, hash_bytes
-from swarmq.storage._db import Database, database_now, migrations_dir, redact_url
+from swarmq.storage._db import (
+    Database,
+    database_clock,
+    database_now,
+    migrations_dir,
+    redact_url,
+)
 from swarmq.storage._models import (
     ApplicationRow,
     Artifact,
@@ -31,6 +37,7 @@ __all__ = [
     "ParticleRow",
     "ParticleStateRow",
     "SearchRow",
+    "database_clock",
     "database_now",
     "decode_item_scores",
     "encode_item_scores",

@@ -15,15 +15,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import ColumnElement, create_engine, event, func, inspect, null, select, text
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from swarmq.errors import StorageError
 from swarmq.storage._models import utcnow
 
-__all__ = ["Database", "database_now", "redact_url"]
+__all__ = ["Database", "database_clock", "database_now", "redact_url"]
 
 # scheme://user:password@host: the user may be empty (Redis: redis://:password@host), and the
 # password runs to the last "@" before a blank, so one holding a raw "@" is hidden whole (a
@@ -67,6 +67,15 @@ def database_now(session: Session) -> datetime:
         if isinstance(moment, datetime):
             return moment
     return utcnow()
+
+
+def database_clock(session: Session) -> ColumnElement[Any]:
+    """:func:`database_now` as a column to select along with something else (no round trip of
+    its own): the server's clock on PostgreSQL, NULL on SQLite (the caller then takes
+    :func:`utcnow`)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.clock_timestamp()
+    return null()
 
 
 def migrations_dir() -> Path:
@@ -160,6 +169,27 @@ class Database:
             raise
         finally:
             session.close()
+
+    @contextmanager
+    def statement(self) -> Iterator[Connection]:
+        """A connection for ONE statement that is its own transaction (autocommit).
+
+        No ``BEGIN`` and ``COMMIT`` round trips around it: for a single ``UPDATE ...
+        RETURNING`` that checks and changes a row at once, which is atomic by itself. Database
+        errors become :class:`StorageError`, as in :meth:`session`. On SQLite it is an
+        ordinary transaction.
+        """
+        try:
+            with self.engine.connect() as conn:
+                if self.is_sqlite:
+                    with conn.begin():
+                        yield conn
+                else:
+                    yield conn.execution_options(isolation_level="AUTOCOMMIT")
+        except SQLAlchemyError as err:
+            raise StorageError(
+                f"database {self.describe()}: {err.__class__.__name__}: {err}"
+            ) from err
 
     def for_update(self) -> dict[str, Any]:
         """Keyword arguments for ``select(...).with_for_update(**...)`` on this backend."""
