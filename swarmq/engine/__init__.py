@@ -52,6 +52,7 @@ from swarmq.engine._runtime import (
     current_runtime,
     install_runtime,
     runtime_from_settings,
+    runtime_installed,
 )
 
 __all__ = [
@@ -93,6 +94,7 @@ __all__ = [
     "reopen_search",
     "run_evaluation",
     "runtime_from_settings",
+    "runtime_installed",
     "search_activity",
     "search_summary",
     "seed_group_id",

@@ -1,12 +1,14 @@
 """The process-wide runtime: which database, artifact store and dispatcher the tasks use.
 
-Celery tasks are plain functions of ids; they find their database and store here. The embedded
-runner and a worker at start-up each install one runtime for the process.
+Celery tasks are plain functions of ids; they find their database and store here. A worker
+installs one runtime for its process at start-up; the embedded runner makes its own current only
+while it drives a search (:func:`runtime_installed`), so a program can hold several.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +27,7 @@ __all__ = [
     "install_runtime",
     "model_evaluate",
     "runtime_from_settings",
+    "runtime_installed",
 ]
 
 
@@ -62,6 +65,17 @@ def install_runtime(runtime: Runtime) -> Runtime:
     global _current
     _current = runtime
     return runtime
+
+
+@contextmanager
+def runtime_installed(runtime: Runtime) -> Iterator[Runtime]:
+    """Make ``runtime`` current for the block, then put back the one that was."""
+    global _current
+    previous, _current = _current, runtime
+    try:
+        yield runtime
+    finally:
+        _current = previous
 
 
 def current_runtime() -> Runtime:

@@ -17,11 +17,11 @@ from swarmq.engine import (
     Runtime,
     create_search,
     driving,
-    install_runtime,
     one_line,
     pending_work,
     reopen_search,
     runtime_from_settings,
+    runtime_installed,
     send_work,
 )
 from swarmq.errors import SwarmqError
@@ -58,17 +58,28 @@ class LocalQueue:
 
 
 class EmbeddedRunner:
-    """Runs searches to completion in this process, through the Celery tasks."""
+    """Runs searches to completion in this process, through the Celery tasks.
+
+    The runner's runtime is current only while :meth:`drive` runs, so several runners (on
+    different databases) can live in one program. :meth:`close` releases the database.
+    """
 
     def __init__(self, settings: Settings, *, evaluate: Callable[..., Any] | None = None) -> None:
-        from swarmq.execution._context import install_embedded_attempts
-
         self.queue = LocalQueue()
+        self.max_attempts = settings.max_attempts
         self.runtime: Runtime = runtime_from_settings(settings, self.queue)
         if evaluate is not None:
             self.runtime.evaluate = evaluate
-        install_runtime(self.runtime)
-        install_embedded_attempts(settings.max_attempts)
+
+    def __enter__(self) -> EmbeddedRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the database connections (the record stays; nothing is lost)."""
+        self.runtime.db.engine.dispose()
 
     def submit(self, config: SearchConfig, *, group_id: str | None = None) -> str:
         """Validate and record a new search (of seed group ``group_id``, if given); returns
@@ -90,7 +101,10 @@ class EmbeddedRunner:
         Only one process drives a search at a time: a second `run`/`resume` of it is refused
         (:class:`swarmq.engine.SearchBusyError`) before it touches anything.
         """
-        with driving(self.runtime.db, search_id):
+        from swarmq.execution._context import install_embedded_attempts
+
+        install_embedded_attempts(self.max_attempts)
+        with driving(self.runtime.db, search_id), runtime_installed(self.runtime):
             self._drive(search_id, on_message)
 
     def _drive(
