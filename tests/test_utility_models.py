@@ -20,18 +20,22 @@ import torch
 
 from swarmq.config import SearchConfig
 from swarmq.errors import ModelError, UtilityError
-from swarmq.modeling import Evaluator, ResidentModel
+from swarmq.modeling import (
+    Evaluator,
+    ResidentModel,
+    clear_judge_models,
+    load_classifier_reward,
+    load_judge,
+)
 from swarmq.objectives import (
     ChatGenerator,
     LikelihoodScorer,
     MultipleChoice,
     build_utility,
-    clear_judge_models,
     harmonic_mean,
     load_dataset,
     merge_task_files,
 )
-from swarmq.objectives._judges import load_classifier_reward, load_judge
 from swarmq.testing import (
     QUESTIONS,
     char_tokenizer,

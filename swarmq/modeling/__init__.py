@@ -12,8 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from swarmq.modeling._check import check_objective
-    from swarmq.modeling._device import select_device
+    from swarmq.modeling._device import release_memory, select_device, torch_dtype
     from swarmq.modeling._evaluator import Evaluator, clear_evaluators, get_evaluator
+    from swarmq.modeling._judges import (
+        clear_judge_models,
+        load_classifier_reward,
+        load_judge,
+    )
     from swarmq.modeling._resident import ResidentModel
 
 __all__ = [
@@ -21,8 +26,13 @@ __all__ = [
     "ResidentModel",
     "check_objective",
     "clear_evaluators",
+    "clear_judge_models",
     "get_evaluator",
+    "load_classifier_reward",
+    "load_judge",
+    "release_memory",
     "select_device",
+    "torch_dtype",
 ]
 
 _HOMES = {
@@ -32,6 +42,11 @@ _HOMES = {
     "clear_evaluators": "swarmq.modeling._evaluator",
     "get_evaluator": "swarmq.modeling._evaluator",
     "select_device": "swarmq.modeling._device",
+    "torch_dtype": "swarmq.modeling._device",
+    "release_memory": "swarmq.modeling._device",
+    "clear_judge_models": "swarmq.modeling._judges",
+    "load_classifier_reward": "swarmq.modeling._judges",
+    "load_judge": "swarmq.modeling._judges",
 }
 
 

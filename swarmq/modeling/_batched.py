@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarmq.errors import UtilityError
+from swarmq.modeling._judges import LoadsModels
 from swarmq.objectives import Utility, UtilityResult
 
 __all__ = ["ParticleGenerator", "Request", "score_together"]
@@ -103,7 +104,7 @@ class _Rendezvous:
             self._cond.notify_all()
 
 
-class ParticleGenerator:
+class ParticleGenerator(LoadsModels):
     """The :class:`swarmq.objectives.TextGenerator` one particle's utility sees in a shared batch.
 
     ``generate`` and ``generate_chat`` are answered by the shared, mixed-adapter call of their

@@ -18,6 +18,7 @@ from swarmq.config import SearchConfig
 from swarmq.errors import SwarmqError, UtilityError
 from swarmq.modeling._batched import Request, score_together
 from swarmq.modeling._device import release_memory
+from swarmq.modeling._judges import LoadsModels
 from swarmq.modeling._resident import ResidentModel
 from swarmq.objectives import Dataset, Utility, UtilityResult, load_dataset, utility_from_config
 from swarmq.weights._layout import Layout
@@ -25,7 +26,7 @@ from swarmq.weights._layout import Layout
 __all__ = ["MAX_RESIDENT_MODELS", "Evaluator", "clear_evaluators", "get_evaluator"]
 
 
-class Evaluator:
+class Evaluator(LoadsModels):
     """Evaluates positions of one pool against one objective, on a base model kept in memory.
 
     ``adapter_config`` is the pool's ``adapter_config.json`` content: the base model is wrapped

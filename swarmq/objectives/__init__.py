@@ -13,16 +13,20 @@ from __future__ import annotations
 
 from swarmq.objectives._base import (
     ChatGenerator,
+    Dtype,
     LikelihoodScorer,
+    ModelLoader,
+    RewardClassifier,
+    RewardInput,
     TextGenerator,
     TokenLikelihoodScorer,
     Utility,
     UtilityOptions,
     UtilityResult,
+    check_rewards,
     require_capability,
 )
 from swarmq.objectives._data import SPLITS, Dataset, load_dataset
-from swarmq.objectives._judges import clear_judge_models
 from swarmq.objectives._registry import (
     available_utilities,
     build_utility,
@@ -51,12 +55,16 @@ __all__ = [
     "AbstainQA",
     "ChatGenerator",
     "Dataset",
+    "Dtype",
     "ExactMatch",
     "HumanInterest",
     "LikelihoodScorer",
+    "ModelLoader",
     "MultipleChoice",
     "Multitask",
     "OptionScore",
+    "RewardClassifier",
+    "RewardInput",
     "RewardModel",
     "TextGenerator",
     "TokenLikelihoodScorer",
@@ -68,7 +76,7 @@ __all__ = [
     "available_utilities",
     "build_prompt",
     "build_utility",
-    "clear_judge_models",
+    "check_rewards",
     "effective_reliability",
     "get_utility",
     "harmonic_mean",

@@ -12,7 +12,7 @@ import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -86,6 +86,65 @@ class ChatGenerator(Protocol):
     def generate_chat(self, prompts: list[str], max_new_tokens: int) -> list[str]: ...
 
 
+#: The dtypes a judge or reward model may be loaded in.
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]
+#: How a reward classifier reads a pair: through its chat template, as a sentence pair, or by
+#: what its tokenizer has.
+RewardInput = Literal["auto", "chat", "pair"]
+
+
+@runtime_checkable
+class RewardClassifier(Protocol):
+    """A reward model: scores ``(prompt, response)`` pairs (see ``reward_model``)."""
+
+    def rewards(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        label: int | None,
+        input_format: RewardInput,
+        batch_size: int,
+        max_length: int,
+    ) -> list[float]: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+
+@runtime_checkable
+class ModelLoader(Protocol):
+    """Optional generator capability: load a judge LLM or a reward classifier on its side.
+
+    Utilities scored by another model (``human_interest``, ``reward_model``) ask the generator
+    that runs them for it, so objectives never import the model side: swarmq's evaluator loads
+    each once per process and keeps it. ``device`` ``None`` means the evaluated model's device.
+    """
+
+    def load_judge(
+        self, path: str, dtype: Dtype, device: str | None, batch_size: int
+    ) -> TextGenerator: ...
+
+    def load_reward_classifier(
+        self, path: str, dtype: Dtype, device: str | None
+    ) -> RewardClassifier: ...
+
+
+def check_rewards(values: Any, n: int, source: str) -> list[float]:
+    """``values`` as ``n`` finite floats, or :class:`UtilityError` naming ``source``."""
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise UtilityError(
+            f"{source} returned {type(values).__name__}, not a list of {n} numbers"
+        ) from None
+    if len(out) != n:
+        raise UtilityError(f"{source} returned {len(out)} rewards for {n} responses")
+    bad = [v for v in out if not math.isfinite(v)]
+    if bad:
+        raise UtilityError(f"{source} returned a non-finite reward {bad[0]!r}")
+    return out
+
+
 def require_capability(generator: Any, capability: type, utility: str, why: str) -> Any:
     """Return ``generator`` if it has ``capability`` (a protocol above), else raise.
 
@@ -97,7 +156,13 @@ def require_capability(generator: Any, capability: type, utility: str, why: str)
         return generator
     methods = ", ".join(
         name
-        for name in ("loglikelihood", "loglikelihood_tokens", "generate_chat")
+        for name in (
+            "loglikelihood",
+            "loglikelihood_tokens",
+            "generate_chat",
+            "load_judge",
+            "load_reward_classifier",
+        )
         if name in vars(capability)
     )
     raise UtilityError(

@@ -22,13 +22,15 @@ from pydantic import Field, field_validator
 
 from swarmq.errors import UtilityError
 from swarmq.objectives._base import (
+    Dtype,
+    ModelLoader,
     RespondingUtility,
     TextGenerator,
     UtilityOptions,
     UtilityResult,
     complete,
+    require_capability,
 )
-from swarmq.objectives._judges import Dtype, load_judge, resolve_device
 from swarmq.objectives._registry import register_utility
 
 __all__ = ["DEFAULT_JUDGE_TEMPLATE", "HumanInterest", "parse_rating"]
@@ -119,8 +121,10 @@ class HumanInterest(RespondingUtility):
     def judge(self, generator: TextGenerator) -> TextGenerator:
         """The judge LLM (loaded on first use, then cached by the process)."""
         o = self.options
-        device = resolve_device(o.device, generator)
-        return load_judge(o.judge_path, o.dtype, device, o.judge_batch_size)
+        loader: ModelLoader = require_capability(
+            generator, ModelLoader, _NAME, "is rated by the judge model in judge_path"
+        )
+        return loader.load_judge(o.judge_path, o.dtype, o.device, o.judge_batch_size)
 
     def _ask(self, judge: TextGenerator, prompts: list[str]) -> list[str]:
         mode = self.options.judge_chat_template

@@ -21,16 +21,15 @@ from pydantic import Field, model_validator
 
 from swarmq.errors import UtilityError
 from swarmq.objectives._base import (
+    Dtype,
+    ModelLoader,
     RespondingUtility,
+    RewardInput,
     TextGenerator,
     UtilityOptions,
     UtilityResult,
-)
-from swarmq.objectives._judges import (
-    Dtype,
     check_rewards,
-    load_classifier_reward,
-    resolve_device,
+    require_capability,
 )
 from swarmq.objectives._plugins import import_object, parse_spec
 from swarmq.objectives._registry import register_utility
@@ -95,7 +94,7 @@ class RewardModelOptions(UtilityOptions):
     label: int | None = Field(
         None, ge=0, description="for a classifier with several labels: the rewarded label's index"
     )
-    input_format: Literal["auto", "chat", "pair"] = Field(
+    input_format: RewardInput = Field(
         "auto", description="how the reward model reads a pair: its chat template or a text pair"
     )
     batch_size: int = Field(8, ge=1, description="pairs per reward-model forward pass")
@@ -170,7 +169,10 @@ class RewardModel(RespondingUtility):
                 )
             return fn, None
         assert o.model_path is not None  # the options' validator guarantees one of the two
-        model = load_classifier_reward(o.model_path, o.dtype, resolve_device(o.device, generator))
+        loader: ModelLoader = require_capability(
+            generator, ModelLoader, _NAME, "is scored by the reward model in model_path"
+        )
+        model = loader.load_reward_classifier(o.model_path, o.dtype, o.device)
 
         def score(prompts: list[str], responses: list[str]) -> list[float]:
             return model.rewards(

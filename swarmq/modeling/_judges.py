@@ -2,19 +2,21 @@
 
 Utilities that score a response with another model (``reward_model``, ``human_interest``) would
 otherwise reload gigabytes for every particle. torch and transformers are imported inside the
-functions here, never when :mod:`swarmq.objectives` is imported, so the CLI stays light.
+functions here, never when :mod:`swarmq.modeling` is imported, so the CLI stays light. A
+utility reaches them through the generator that runs it (:class:`ProcessModels`, the
+:class:`swarmq.objectives.ModelLoader` capability), so objectives never import this side.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from swarmq.errors import ModelError, UtilityError
 from swarmq.modeling._device import release_memory, torch_dtype
+from swarmq.objectives import Dtype, RewardInput
 
 if TYPE_CHECKING:
     from swarmq.modeling._resident import ResidentModel
@@ -23,6 +25,7 @@ __all__ = [
     "MAX_JUDGE_MODELS",
     "ClassifierReward",
     "JudgeModel",
+    "LoadsModels",
     "clear_judge_models",
     "load_classifier_reward",
     "load_judge",
@@ -32,8 +35,6 @@ __all__ = [
 #: How many judge/reward models a process keeps loaded (least recently used dropped first). Two:
 #: enough for a reward model and a judge side by side, few enough to bound memory.
 MAX_JUDGE_MODELS = 2
-
-Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 
 _LOCK = threading.Lock()
 _CACHE: OrderedDict[tuple[str, ...], Any] = OrderedDict()
@@ -162,7 +163,7 @@ class ClassifierReward:
         responses: Sequence[str],
         *,
         label: int | None,
-        input_format: Literal["auto", "chat", "pair"],
+        input_format: RewardInput,
         batch_size: int,
         max_length: int,
     ) -> list[float]:
@@ -266,17 +267,23 @@ def load_classifier_reward(path: str, dtype: Dtype, device: str) -> ClassifierRe
     return loaded
 
 
-def check_rewards(values: Any, n: int, source: str) -> list[float]:
-    """``values`` as ``n`` finite floats, or :class:`UtilityError` naming ``source``."""
-    try:
-        out = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise UtilityError(
-            f"{source} returned {type(values).__name__}, not a list of {n} numbers"
-        ) from None
-    if len(out) != n:
-        raise UtilityError(f"{source} returned {len(out)} rewards for {n} responses")
-    bad = [v for v in out if not math.isfinite(v)]
-    if bad:
-        raise UtilityError(f"{source} returned a non-finite reward {bad[0]!r}")
-    return out
+
+class LoadsModels:
+    """Mixin giving a generator with a ``device`` the :class:`swarmq.objectives.ModelLoader`
+    capability: judges and reward classifiers shared by the whole process (loaded once, the
+    least recently used dropped beyond ``MAX_JUDGE_MODELS``), by default on ``device``.
+    """
+
+    device: str | None
+
+    def load_judge(
+        self, path: str, dtype: Dtype, device: str | None, batch_size: int
+    ) -> JudgeModel:
+        """The judge LLM at ``path`` on ``device`` (default: the evaluated model's)."""
+        return load_judge(path, dtype, resolve_device(device, self), batch_size)
+
+    def load_reward_classifier(
+        self, path: str, dtype: Dtype, device: str | None
+    ) -> ClassifierReward:
+        """The reward classifier at ``path`` on ``device`` (default: the evaluated model's)."""
+        return load_classifier_reward(path, dtype, resolve_device(device, self))
