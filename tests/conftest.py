@@ -204,3 +204,15 @@ def write_config(tiny_world: dict[str, Path], tmp_path: Path) -> Callable[..., P
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def demo_assets(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The offline demo's model, experts, task and search file, built once per test session.
+
+    Tests must not change or remove these files (they may add their own beside them): every
+    demo test shares them.
+    """
+    from swarmq.demo import build_demo_assets
+
+    return build_demo_assets(tmp_path_factory.mktemp("demo") / "cache")

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,10 +24,8 @@ def _readme_example() -> str:
 
 
 @pytest.fixture(scope="module")
-def demo_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from swarmq.demo import build_demo_assets
-
-    return build_demo_assets(tmp_path_factory.mktemp("demo")).config_path
+def demo_config(demo_assets: Any) -> Path:
+    return Path(demo_assets.config_path)
 
 
 def test_import_is_light_and_exports_the_front_door() -> None:

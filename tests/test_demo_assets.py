@@ -25,8 +25,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:Fu
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return build_demo_assets(tmp_path_factory.mktemp("demo") / "cache")
+def assets(demo_assets: Any) -> Any:
+    return demo_assets
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from sqlalchemy import delete, func, select
 
 from swarmq.cli import main
 from swarmq.config import load_config
-from swarmq.demo import build_demo_assets
 from swarmq.engine import create_search, run_evaluation, seed_group_id, with_seed
 from swarmq.execution import EmbeddedRunner
 from swarmq.reporting import audit_search, load_record, result_rows, write_report
@@ -42,9 +41,9 @@ KEYS = {
 
 
 @pytest.fixture(scope="module")
-def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_demo(tmp_path_factory: pytest.TempPathFactory, demo_assets: Any) -> Path:
     """The demo's assets and a smaller copy of its search file (fewer iterations and items)."""
-    assets = build_demo_assets(tmp_path_factory.mktemp("demo") / "cache")
+    assets = demo_assets
     text = assets.config_path.read_text()
     text = text.replace("particles = 10", "particles = 4").replace(
         "max_iterations = 12", "max_iterations = 3"
