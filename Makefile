@@ -22,4 +22,5 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check swarmq tests benchmarks migrations
+	$(BIN)/lint-imports
 	$(BIN)/mypy

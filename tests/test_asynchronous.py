@@ -22,12 +22,18 @@ from searches import closed_form, distance_utility, make_pool
 from sqlalchemy import select, update
 
 from swarmq.config import SearchConfig, parse_config
-from swarmq.engine import create_search, final_report, run_evaluation, search_summary
+from swarmq.engine import (
+    create_search,
+    final_report,
+    personal_best_position,
+    run_evaluation,
+    search_summary,
+)
 from swarmq.engine._asynchronous import apply_pending
 from swarmq.errors import ConfigError, StorageError
 from swarmq.execution import EmbeddedRunner
 from swarmq.execution._embedded import LocalQueue
-from swarmq.reporting import audit_search, personal_best_position
+from swarmq.reporting import audit_search
 from swarmq.settings import Settings
 from swarmq.storage import ApplicationRow, EvaluationRow, ParticleStateRow, SearchRow
 from swarmq.swarm import SwarmParams, asynchronous_stop, evaluation_budget, should_stop

@@ -15,18 +15,10 @@ import pytest
 from searches import SignScorer, sign_config, sign_pool, sign_utility
 from sqlalchemy import delete, select, update
 
-from swarmq.engine import create_search
+from swarmq.engine import BASELINES, compute_baselines, create_search
 from swarmq.errors import SwarmqError
 from swarmq.execution import EmbeddedRunner
-from swarmq.reporting import (
-    BASELINES,
-    audit_search,
-    compute_baselines,
-    load_record,
-    paired_bootstrap,
-    result_rows,
-    write_report,
-)
+from swarmq.reporting import audit_search, load_record, paired_bootstrap, result_rows, write_report
 from swarmq.settings import Settings
 from swarmq.storage import BaselineRow, EvaluationRow, ParticleStateRow, decode_item_scores
 

@@ -22,20 +22,24 @@ from searches import SignScorer, sign_config, sign_pool, sign_utility
 from sqlalchemy import select
 
 from swarmq.cli import main
-from swarmq.engine import create_search, run_evaluation, utility_histories
+from swarmq.engine import (
+    TIE_BREAK,
+    compute_baselines,
+    create_search,
+    majority_vote,
+    rank_personal_bests,
+    run_evaluation,
+    utility_histories,
+)
 from swarmq.errors import NotFoundError, SwarmqError, UtilityError
 from swarmq.execution import EmbeddedRunner
 from swarmq.objectives import ExactMatch, MultipleChoice, Utility, UtilityResult
 from swarmq.reporting import (
     HISTORY_FIELDS,
-    TIE_BREAK,
     composition,
-    compute_baselines,
     history_document,
     history_rows,
     load_record,
-    majority_vote,
-    rank_personal_bests,
     result_rows,
     write_csv,
     write_report,

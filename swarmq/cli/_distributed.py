@@ -75,8 +75,7 @@ def worker(
     Without options: one CPU evaluation worker. The first signal lets running evaluations
     finish; a second one stops at once (their messages are delivered again).
     """
-    from swarmq.execution import require_broker
-    from swarmq.execution._supervisor import parse_gpus, supervise, worker_specs
+    from swarmq.execution import parse_gpus, require_broker, supervise, worker_specs
     from swarmq.storage import redact_url
 
     broker = require_broker(settings)

@@ -55,14 +55,14 @@ def export(
         layout, vector, adapter_config, info = global_best_position(rt, search_id)
         what = "the global best"
     else:
-        from swarmq.reporting import personal_best_position
+        from swarmq.engine import personal_best_position
 
         layout, vector, adapter_config, info = personal_best_position(
             db, store, search_id, particle
         )
         what = f"the personal best of particle {particle} (iteration {info['swarmq_iteration']})"
     if merged:
-        from swarmq.reporting import export_merged, search_base_model
+        from swarmq.engine import export_merged, search_base_model
 
         path = export_merged(
             search_base_model(db, search_id),

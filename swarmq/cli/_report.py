@@ -17,7 +17,8 @@ from swarmq.cli._output import console, err_console, fmt, plain_console, print_w
 from swarmq.settings import Settings
 
 if TYPE_CHECKING:
-    from swarmq.reporting import BaselineRun, ResultRow
+    from swarmq.engine import BaselineRun
+    from swarmq.reporting import ResultRow
     from swarmq.storage import Database, LocalArtifactStore
 
 
@@ -60,7 +61,7 @@ def run_baselines(
     density: float | None = None,
 ) -> BaselineRun:
     """Compute (or keep) the baselines of a search, saying what is evaluated on stderr."""
-    from swarmq.reporting import DEFAULT_DENSITY, compute_baselines
+    from swarmq.engine import DEFAULT_DENSITY, compute_baselines
 
     run = compute_baselines(
         db,
@@ -82,7 +83,7 @@ def run_baselines(
 
 
 def _only(value: str | None) -> tuple[str, ...] | None:
-    from swarmq.reporting import BASELINES
+    from swarmq.engine import BASELINES
 
     if value is None:
         return None

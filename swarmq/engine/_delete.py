@@ -6,8 +6,7 @@ from sqlalchemy import delete
 
 from swarmq.engine._common import search_in_txn
 from swarmq.errors import SwarmqError
-from swarmq.storage import Database, SearchRow
-from swarmq.storage._models import Base
+from swarmq.storage import Base, Database, SearchRow
 
 __all__ = ["delete_search"]
 

@@ -10,6 +10,7 @@ from swarmq.execution._dispatch import (
     broker_view,
 )
 from swarmq.execution._embedded import EmbeddedRunner, LocalQueue
+from swarmq.execution._supervisor import parse_gpus, supervise, worker_specs
 
 __all__ = [
     "COORDINATOR_QUEUE",
@@ -23,5 +24,8 @@ __all__ = [
     "app",
     "broker_view",
     "configure_app",
+    "parse_gpus",
     "require_broker",
+    "supervise",
+    "worker_specs",
 ]

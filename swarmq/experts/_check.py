@@ -19,8 +19,15 @@ from typing import Any
 import numpy as np
 
 from swarmq.errors import LayoutError, ModelError
-from swarmq.weights import Layout, check_weights, discover_experts, read_expert
-from swarmq.weights._io import ADAPTER_CONFIG, CONFIG_FIELDS, _read_json
+from swarmq.weights import (
+    ADAPTER_CONFIG,
+    CONFIG_FIELDS,
+    Layout,
+    check_weights,
+    discover_experts,
+    read_adapter_config,
+    read_expert,
+)
 
 __all__ = ["ExpertRow", "PoolCheck", "check_pool", "same_base"]
 
@@ -119,7 +126,7 @@ def check_pool(
         cfg: dict[str, Any] | None = None
         if expert.kind == "peft":
             try:
-                cfg = _read_json(expert.path / ADAPTER_CONFIG)
+                cfg = read_adapter_config(expert.path / ADAPTER_CONFIG)
                 configs[expert.name] = cfg
             except LayoutError as err:
                 problems.append(f"expert {expert.name!r}: {err}")
@@ -188,7 +195,7 @@ def check_pool(
                     )
     elif (folder / ADAPTER_CONFIG).is_file():
         try:
-            pool_config = _read_json(folder / ADAPTER_CONFIG)
+            pool_config = read_adapter_config(folder / ADAPTER_CONFIG)
         except LayoutError as err:
             problems.append(str(err))
 

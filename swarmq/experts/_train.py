@@ -25,7 +25,7 @@ import torch
 from swarmq.errors import DatasetError, ModelError
 from swarmq.experts._data import TrainingData, load_training_data
 from swarmq.experts._settings import TRAINING_RECORD, ExpertError, TrainResult, TrainSettings
-from swarmq.modeling._device import select_device, torch_dtype
+from swarmq.modeling import select_device, torch_dtype
 
 __all__ = ["base_model_reference", "train_expert"]
 

@@ -21,7 +21,7 @@ from swarmq.modeling._device import release_memory
 from swarmq.modeling._judges import LoadsModels
 from swarmq.modeling._resident import ResidentModel
 from swarmq.objectives import Dataset, Utility, UtilityResult, load_dataset, utility_from_config
-from swarmq.weights._layout import Layout
+from swarmq.weights import Layout
 
 __all__ = ["MAX_RESIDENT_MODELS", "Evaluator", "clear_evaluators", "get_evaluator"]
 

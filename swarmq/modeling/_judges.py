@@ -267,7 +267,6 @@ def load_classifier_reward(path: str, dtype: Dtype, device: str) -> ClassifierRe
     return loaded
 
 
-
 class LoadsModels:
     """Mixin giving a generator with a ``device`` the :class:`swarmq.objectives.ModelLoader`
     capability: judges and reward classifiers shared by the whole process (loaded once, the

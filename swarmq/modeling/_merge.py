@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from swarmq.errors import ModelError
-from swarmq.weights._layout import Layout
+from swarmq.weights import Layout
 
 __all__ = ["MERGE_METHODS", "forked", "merge_task_vectors", "read_base_tensors", "seeded"]
 

@@ -22,7 +22,7 @@ import torch
 from swarmq.config import BaseModelConfig
 from swarmq.errors import LayoutError, ModelError
 from swarmq.modeling._device import select_device, torch_dtype
-from swarmq.weights._layout import Layout
+from swarmq.weights import Layout
 
 __all__ = ["ResidentModel"]
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from swarmq.engine._common import config_of, layout_of, params_of, search_in_txn
+from swarmq.engine import config_of, layout_of, params_of, search_in_txn
 from swarmq.errors import ArtifactError, SwarmqError
 from swarmq.reporting._columns import STATE_COLUMNS, lineage_query
 from swarmq.storage import (
@@ -51,10 +51,10 @@ from swarmq.storage import (
     EvaluationRow,
     IterationRow,
     ParticleStateRow,
+    decode_vector,
     encode_vector,
     hash_bytes,
 )
-from swarmq.storage._artifacts import decode_vector
 from swarmq.swarm import (
     Best,
     SwarmParams,

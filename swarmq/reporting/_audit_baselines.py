@@ -4,7 +4,7 @@ For every recorded baseline evaluation: its position artifact hashes to its name
 scores decode and number the examples (when the metrics give ``n``). Then, per baseline:
 
 * uniform soup, greedy soup, LoraHub: every position is recomputed from the experts' recorded
-  positions (the same float64 sums as :mod:`swarmq.reporting._soups`) and must be the recorded
+  positions (the same float64 sums as :mod:`swarmq.engine`) and must be the recorded
   bytes;
 * greedy soup: each candidate is the soup so far plus the next expert in order of dev utility,
   each keep decision follows from the recorded dev utilities, and the result is the soup kept;
@@ -27,15 +27,16 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from swarmq.errors import SwarmqError
-from swarmq.reporting._baselines import MERGES, majority_vote
-from swarmq.reporting._soups import (
+from swarmq.engine import (
+    MERGES,
     derived_seed,
     lorahub_search,
+    majority_vote,
     mean_position,
     merge_scales,
     weighted_position,
 )
+from swarmq.errors import SwarmqError
 from swarmq.storage import BaselineRow, Database, decode_item_scores
 
 __all__ = ["BaselineEval", "check_baselines"]

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from sqlalchemy import select
 
-from swarmq.engine._common import search_in_txn
+from swarmq.engine import search_in_txn
 from swarmq.errors import NotFoundError
 from swarmq.reporting._columns import STATE_COLUMNS
 from swarmq.storage import (

@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from swarmq.config import SearchConfig
-from swarmq.engine._common import config_of, params_of, search_in_txn
+from swarmq.engine import config_of, params_of, search_in_txn
 from swarmq.reporting._columns import lineage_query
 from swarmq.storage import (
     BaselineRow,
@@ -86,7 +86,7 @@ class EvaluationTiming:
 
 @dataclass(frozen=True)
 class BaselineScore:
-    """A persisted baseline result (see :func:`swarmq.reporting.compute_baselines`).
+    """A persisted baseline result (see :func:`swarmq.engine.compute_baselines`).
 
     ``trials`` counts the candidates the baseline evaluated on dev while choosing;
     ``item_scores`` are the result's per-item scores (``None`` when the utility gives none).

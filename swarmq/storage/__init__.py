@@ -1,6 +1,12 @@
 """The durable record: SQLAlchemy models, database sessions and the artifact store."""
 
-from swarmq.storage._artifacts import ArtifactStore, LocalArtifactStore, encode_vector, hash_bytes
+from swarmq.storage._artifacts import (
+    ArtifactStore,
+    LocalArtifactStore,
+    decode_vector,
+    encode_vector,
+    hash_bytes,
+)
 from swarmq.storage._db import (
     Database,
     database_clock,
@@ -40,6 +46,7 @@ __all__ = [
     "database_clock",
     "database_now",
     "decode_item_scores",
+    "decode_vector",
     "encode_item_scores",
     "encode_vector",
     "hash_bytes",

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from swarmq.weights._export import export_adapter, state_dict_from_vector
 from swarmq.weights._io import (
+    ADAPTER_CONFIG,
+    CONFIG_FIELDS,
     MAX_WEIGHT,
     Expert,
     Pool,
     check_weights,
     discover_experts,
     load_pool,
+    read_adapter_config,
     read_expert,
 )
 from swarmq.weights._layout import Layout, TensorSpec
 
 __all__ = [
+    "ADAPTER_CONFIG",
+    "CONFIG_FIELDS",
     "MAX_WEIGHT",
     "Expert",
     "Layout",
@@ -24,6 +29,7 @@ __all__ = [
     "discover_experts",
     "export_adapter",
     "load_pool",
+    "read_adapter_config",
     "read_expert",
     "state_dict_from_vector",
 ]

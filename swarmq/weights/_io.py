@@ -18,6 +18,7 @@ from swarmq.errors import LayoutError
 from swarmq.weights._layout import DTYPE_SIZES, Layout
 
 __all__ = [
+    "ADAPTER_CONFIG",
     "CONFIG_FIELDS",
     "MAX_WEIGHT",
     "Expert",
@@ -25,6 +26,7 @@ __all__ = [
     "check_weights",
     "discover_experts",
     "load_pool",
+    "read_adapter_config",
     "read_expert",
 ]
 
@@ -152,7 +154,8 @@ def discover_experts(folder: Path) -> list[Expert]:
     return experts
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_adapter_config(path: Path) -> dict[str, Any]:
+    """The adapter config (a JSON object) in ``path``; :class:`LayoutError` names a problem."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -284,13 +287,13 @@ def load_pool(folder: Path, adapter_config: Path | None = None) -> Pool:
         vectors.append(layout.flatten(tensors))
     config: dict[str, Any] | None
     if experts[0].kind == "peft":
-        configs = [_read_json(e.path / ADAPTER_CONFIG) for e in experts]
+        configs = [read_adapter_config(e.path / ADAPTER_CONFIG) for e in experts]
         _check_configs(experts, configs)
         config = configs[0]
     elif adapter_config is not None:
-        config = _read_json(Path(adapter_config))
+        config = read_adapter_config(Path(adapter_config))
     elif (folder / ADAPTER_CONFIG).is_file():
-        config = _read_json(folder / ADAPTER_CONFIG)
+        config = read_adapter_config(folder / ADAPTER_CONFIG)
     else:
         config = None
     return Pool(experts=experts, layout=layouts[0], vectors=vectors, adapter_config=config)

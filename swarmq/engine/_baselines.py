@@ -49,9 +49,7 @@ from swarmq.engine._common import (
     search_in_txn,
 )
 from swarmq.engine._evaluate import worker_name
-from swarmq.errors import LayoutError, ModelError, SwarmqError
-from swarmq.objectives import Utility, UtilityResult
-from swarmq.reporting._soups import (
+from swarmq.engine._soups import (
     derived_seed,
     greedy_soup,
     lorahub_search,
@@ -59,6 +57,8 @@ from swarmq.reporting._soups import (
     merge_scales,
     weighted_position,
 )
+from swarmq.errors import LayoutError, ModelError, SwarmqError
+from swarmq.objectives import Utility, UtilityResult
 from swarmq.storage import (
     ArtifactStore,
     BaselineRow,

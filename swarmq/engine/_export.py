@@ -123,7 +123,7 @@ def export_merged(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from swarmq.modeling._device import torch_dtype
+    from swarmq.modeling import torch_dtype
     from swarmq.weights import export_adapter, state_dict_from_vector
 
     out_dir = Path(out_dir)
