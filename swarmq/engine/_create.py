@@ -67,7 +67,7 @@ def _check_base_model(config: SearchConfig, *, runs_here: bool) -> None:
             "'cuda:N' or 'mps'"
         )
     if runs_here:
-        from swarmq.modeling._device import select_device
+        from swarmq.modeling import select_device
 
         select_device(device)  # a GPU this machine does not have: ModelError, one line
     wants_template = config.objective.options.get("chat_template") is True
