@@ -9,6 +9,7 @@ whole command line on the tiny language model.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from swarmq.reporting import (
     history_document,
     history_rows,
     load_record,
+    render_html,
     result_rows,
     write_csv,
     write_report,
@@ -218,6 +220,20 @@ def test_report_files(searched: tuple[EmbeddedRunner, str, Path], tmp_path: Path
     assert summary["restarts"] == rec.restarted.sum(axis=1).tolist()
     # Writing again into the same folder replaces the report.
     write_report(runner.runtime.db, sid, out)
+
+
+def test_report_shows_record_strings_as_text(
+    searched: tuple[EmbeddedRunner, str, Path],
+) -> None:
+    runner, sid, _ = searched
+    rec = load_record(runner.runtime.db, sid)
+    hostile = dataclasses.replace(
+        rec, name="<script>alert(1)</script>", stop_reason='a < b & "[bold]c"'
+    )
+    page = render_html(hostile, [])
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "a &lt; b &amp; &#34;[bold]c&#34;" in page
 
 
 def test_report_of_a_fresh_search(tmp_path: Path) -> None:

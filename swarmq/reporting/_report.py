@@ -1,6 +1,7 @@
 """``swarmq report``: one folder with ``index.html``, its PNG figures and ``summary.json``.
 
-The folder is self-contained: the page links only the PNG files next to it (no script, no
+The page is a jinja2 template (``templates/report.html.j2``, autoescaped). The folder is
+self-contained: the page links only the PNG files next to it (no script, no
 stylesheet or font from the network), so it can be zipped, mailed or served as it is. Everything
 comes from the database: the recorded configuration, iterations, particle states, evaluations
 and baselines; no artifact is read and no model is loaded.
@@ -8,7 +9,6 @@ and baselines; no artifact is read and no model is loaded.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import statistics
@@ -16,9 +16,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 
 from swarmq import __version__
@@ -52,100 +54,53 @@ def _when(value: datetime | None) -> str:
     return "–" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _table(headers: list[str], rows: list[list[str]], numeric: set[int] | None = None) -> str:
-    numeric = numeric or set()
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
-            for i, c in enumerate(row)
-        )
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _results(rec: SearchRecord, rows: list[ResultRow]) -> str:
-    if not rows:
-        return "<p>No iteration has been evaluated yet.</p>"
+def _results(rec: SearchRecord, rows: list[ResultRow]) -> dict[str, Any]:
     intervals = [r.interval for r in rows if r.interval is not None]
-    headers = ["", "dev", "test"]
-    if intervals:
-        headers.append("global best − row, test [95 % CI]")
-    out = _table(
-        headers,
-        [
-            [
-                _esc(r.label) if r.kind == "search" else f"<i>baseline:</i> {_esc(r.label)}",
-                _fmt(r.dev),
-                _fmt(r.test),
-            ]
-            + ([] if not intervals else ["" if r.interval is None else _esc(r.interval.describe())])
-            for r in rows
-        ],
-        numeric={1, 2, 3},
-    )
     notes = []
-    if intervals:
-        first = intervals[0]
-        notes.append(
-            f"Intervals: paired bootstrap over the {first.n} test items (the same resampled "
-            f"items for both models), {first.resamples:,} resamples, seed {first.seed}, 2.5 and "
-            "97.5 percentiles of the resampled difference of mean item scores, from the "
-            "per-item scores recorded with every evaluation. An interval above 0 says the "
-            "global best is better on test."
-            + (
-                " For multitask objectives the item scores are each item's score in its own "
-                "task, so the difference is of their mean, not of the harmonic mean."
-                if rec.config.objective.utility == "multitask"
-                else ""
+    for b in rec.baselines:
+        if b.name.startswith("ensemble_") and b.split == "dev":
+            listed = ", ".join(
+                f"particle {m.get('particle')} (iteration {m.get('iteration')}, dev "
+                f"{_fmt(m.get('dev_utility'))})"
+                for m in b.metrics.get("members", [])
             )
-        )
-    if not rec.baselines:
-        notes.append(
-            "Baselines (every expert on test, soups, peft merges, LoraHub, top-k ensemble) are "
-            f"not computed yet: run <code>swarmq baselines {_esc(rec.id)}</code>, then the "
-            "report again."
-        )
-    if rec.status != "completed":
-        notes.append(
-            f"The search is {_esc(rec.status)}: the test split is evaluated once it completes."
-        )
-    ensembles = [b for b in rec.baselines if b.name.startswith("ensemble_") and b.split == "dev"]
-    for b in ensembles:
-        members = b.metrics.get("members", [])
-        listed = ", ".join(
-            f"particle {m.get('particle')} (iteration {m.get('iteration')}, dev "
-            f"{_fmt(m.get('dev_utility'))})"
-            for m in members
-        )
-        notes.append(
-            f"{_esc(b.name)}: members by rank: {_esc(listed)}. Tie-break: "
-            f"{_esc(b.metrics.get('tie_break', ''))}."
-        )
+            notes.append(
+                f"{b.name}: members by rank: {listed}. Tie-break: {b.metrics.get('tie_break', '')}."
+            )
     for b in rec.baselines:
         if b.split != "test":
             continue
         if b.name == "greedy_soup":
+            kept = ", ".join(map(str, b.metrics.get("ingredient_names", [])))
             notes.append(
                 "greedy soup: experts added in order of dev utility while dev did not drop; "
-                f"kept {_esc(', '.join(map(str, b.metrics.get('ingredient_names', []))))}."
+                f"kept {kept}."
             )
         elif b.name == "lorahub":
             weights = ", ".join(f"{w:+.3f}" for w in b.metrics.get("weights", []))
-            notes.append(f"LoraHub: chosen expert weights (experts by name) [{_esc(weights)}].")
-    return out + "".join(f'<p class="note">{n}</p>' for n in notes)
+            notes.append(f"LoraHub: chosen expert weights (experts by name) [{weights}].")
+    return {
+        "results": [
+            {
+                "label": r.label,
+                "baseline": r.kind != "search",
+                "dev": _fmt(r.dev),
+                "test": _fmt(r.test),
+                "interval": "" if r.interval is None else r.interval.describe(),
+            }
+            for r in rows
+        ],
+        "show_intervals": bool(intervals),
+        "interval": intervals[0] if intervals else None,
+        "multitask": rec.config.objective.utility == "multitask",
+        "has_baselines": bool(rec.baselines),
+        "notes": notes,
+    }
 
 
-def _particles(rec: SearchRecord) -> str:
+def _particles(rec: SearchRecord) -> dict[str, Any] | None:
     if rec.n_iterations == 0:
-        return ""
+        return None
     last = rec.n_iterations - 1
     rows = []
     for p in rec.particles:
@@ -153,7 +108,7 @@ def _particles(rec: SearchRecord) -> str:
         rows.append(
             [
                 str(i),
-                _esc(p.describe()),
+                p.describe(),
                 _fmt(float(rec.utility[0, i])),
                 _fmt(float(rec.utility[last, i])),
                 _fmt(
@@ -166,35 +121,32 @@ def _particles(rec: SearchRecord) -> str:
                 str(int((rec.evaluated[:, i] == 0).sum())),
             ]
         )
-    return _table(
-        [
-            "particle",
-            "origin",
-            "utility at 0",
-            f"utility at {last}",
-            "personal best",
-            "reached at",
-            "restarts",
-            "skipped",
-        ],
-        rows,
-        numeric={0, 2, 3, 4, 5, 6, 7},
-    )
+    headers = [
+        "particle",
+        "origin",
+        "utility at 0",
+        f"utility at {last}",
+        "personal best",
+        "reached at",
+        "restarts",
+        "skipped",
+    ]
+    return {"headers": headers, "rows": rows, "numeric": {0, 2, 3, 4, 5, 6, 7}}
 
 
-def _workers(rec: SearchRecord) -> str:
+def _workers(rec: SearchRecord) -> dict[str, Any] | None:
     by_worker: dict[str, list[float]] = defaultdict(list)
     for t in rec.timings:
         by_worker[t.worker].append(t.seconds)
     if not by_worker:
-        return "<p>No timed evaluation.</p>"
+        return None
     rows = []
     for worker in sorted(by_worker):
         times = sorted(by_worker[worker])
         p95 = times[min(len(times) - 1, math.ceil(0.95 * len(times)) - 1)]
         rows.append(
             [
-                _esc(worker),
+                worker,
                 str(len(times)),
                 _fmt(statistics.fmean(times), 3),
                 _fmt(statistics.median(times), 3),
@@ -202,11 +154,8 @@ def _workers(rec: SearchRecord) -> str:
                 _fmt(sum(times), 1),
             ]
         )
-    return _table(
-        ["worker", "evaluations", "mean s", "median s", "p95 s", "total s"],
-        rows,
-        numeric={1, 2, 3, 4, 5},
-    )
+    headers = ["worker", "evaluations", "mean s", "median s", "p95 s", "total s"]
+    return {"headers": headers, "rows": rows, "numeric": {1, 2, 3, 4, 5}}
 
 
 _CSS = """
@@ -222,10 +171,21 @@ figure{margin:1em 0}figcaption{color:#555;font-size:.92em}
 """
 
 
+@lru_cache(maxsize=1)
+def _template() -> jinja2.Template:
+    # Autoescaped: names, ids, stop reasons and dataset strings from the record are text.
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("swarmq.reporting", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    return env.get_template("report.html.j2")
+
+
 def render_html(rec: SearchRecord, figures: list[str]) -> str:
     """The report page for ``rec``; ``figures`` are the PNG file names next to it."""
     rows = result_rows(rec)
-    applied = rec.applied
     evals = len([t for t in rec.timings if t.split == "dev"])
     duration = (
         "–"
@@ -233,47 +193,31 @@ def render_html(rec: SearchRecord, figures: list[str]) -> str:
         else f"{(rec.finished_at - rec.created_at).total_seconds():.1f} s"
     )
     facts = [
-        ("search", f"<code>{_esc(rec.id)}</code>"),
-        ("status", _esc(rec.status) + (f": {_esc(rec.stop_reason)}" if rec.stop_reason else "")),
         ("particles", f"{rec.n_particles} ({rec.n_experts} experts)"),
-        ("iterations", f"{len(applied)} applied of {rec.params.max_iterations + 1} at most"),
+        ("iterations", f"{len(rec.applied)} applied of {rec.params.max_iterations + 1} at most"),
         ("dev evaluations", str(evals)),
-        ("utility", _esc(rec.config.objective.utility)),
+        ("utility", rec.config.objective.utility),
         ("seed", str(rec.seed)),
         ("created", _when(rec.created_at)),
         ("finished", _when(rec.finished_at)),
         ("duration", duration),
     ]
     by_name = {name: (title, caption) for name, title, caption in FIGURES}
-    figure_html = "".join(
-        f"<figure><h3>{_esc(by_name[name][0])}</h3>"
-        f'<img src="{_esc(name)}" alt="{_esc(by_name[name][0])}">'
-        f"<figcaption>{_esc(by_name[name][1])}</figcaption></figure>"
-        for name in figures
+    return _template().render(
+        rec=rec,
+        css=_CSS,
+        facts=facts,
+        figures=[
+            {"file": name, "title": by_name[name][0], "caption": by_name[name][1]}
+            for name in figures
+        ],
+        particles=_particles(rec),
+        workers=_workers(rec),
+        config=json.dumps(json.loads(rec.config_json), indent=2, sort_keys=True),
+        version=__version__,
+        written=_when(datetime.now()),
+        **_results(rec, rows),
     )
-    config = json.dumps(json.loads(rec.config_json), indent=2, sort_keys=True)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="swarmq report">
-<title>swarmq report: {_esc(rec.name)} ({_esc(rec.id)})</title>
-<style>{_CSS}</style></head><body>
-<h1>{_esc(rec.name)}</h1>
-<dl>{"".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)}</dl>
-<h2>Result</h2>
-{_results(rec, rows)}
-<h2>Search</h2>
-{figure_html}
-<h2>Particles</h2>
-{_particles(rec)}
-<h2>Workers</h2>
-{_workers(rec)}
-<h2>Configuration</h2>
-<details><summary>recorded configuration</summary><pre>{_esc(config)}</pre></details>
-<p class="note">swarmq {_esc(__version__)} · report written {_when(datetime.now())} from the
-database record · <code>swarmq audit {_esc(rec.id)}</code> recomputes every position.</p>
-</body></html>
-"""
 
 
 def _summary(rec: SearchRecord, rows: list[ResultRow]) -> dict[str, Any]:
