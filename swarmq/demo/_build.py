@@ -7,7 +7,7 @@ two builds give the same weights.
 
 The experts are trained so that mixtures of them can beat each one on the target (the headroom
 the swarm needs): they share one LoRA initialisation, are held to the base model on the skills
-that are not theirs, and are trained at random adapter strengths (see :class:`TrainSettings`).
+that are not theirs, and are trained at random adapter strengths (see :class:`DemoTrainSettings`).
 
 This module imports torch, transformers and peft; :mod:`swarmq.demo` imports it only when a build
 is asked for.
@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ __all__ = [
     "DEMO_VERSION",
     "SETTINGS",
     "DemoAssets",
-    "TrainSettings",
+    "DemoTrainSettings",
     "build_demo_assets",
     "build_tokenizer",
 ]
@@ -60,7 +61,7 @@ LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class DemoTrainSettings:
     """Sizes, schedules and seeds of the build, tuned so that the target leaves the swarm headroom
     (see the module docstring of :mod:`swarmq.demo._tasks` for the story)."""
 
@@ -95,7 +96,7 @@ class TrainSettings:
     threads: int = 2
 
 
-SETTINGS = TrainSettings()
+SETTINGS = DemoTrainSettings()
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def _optimizer(model: Any, lr: float, steps: int) -> tuple[Any, Any]:
     return opt, sched
 
 
-def build_base_model(tokenizer: Any, sampler: _Sampler, s: TrainSettings = SETTINGS) -> Any:
+def build_base_model(tokenizer: Any, sampler: _Sampler, s: DemoTrainSettings = SETTINGS) -> Any:
     """A tiny Llama pretrained briefly on all formats: it answers with a digit, masters nothing."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -268,12 +269,12 @@ def build_base_model(tokenizer: Any, sampler: _Sampler, s: TrainSettings = SETTI
     return model
 
 
-def train_expert(
+def train_demo_expert(
     base_model_dir: Path,
     sampler: _Sampler,
     skill: Skill,
     out_dir: Path,
-    s: TrainSettings = SETTINGS,
+    s: DemoTrainSettings = SETTINGS,
     *,
     stream: int = 0,
 ) -> None:
@@ -333,35 +334,10 @@ def train_expert(
     cfg_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-SEARCH_TOML = """\
-# The swarmq demo: {n} LoRA experts ({names}) of a tiny Llama, each trained on one skill,
-# searched on a target task that mixes all of those skills. Built by `swarmq demo`; paths are
-# relative to this file.
-[search]
-name = "demo"
-seed = 0
-particles = 10
-max_iterations = 12
-
-[experts]
-path = "{experts}"
-
-[base_model]
-path = "{base}"
-dtype = "float32"
-device = "cpu"
-
-[objective]
-utility = "exact_match"
-dataset = "{dataset}"
-batch_size = 128
-# An answer is one token: generate exactly one and compare it with the gold digit.
-max_new_tokens = 1
-options = {{ tail_chars = 1 }}
-
-[swarm]
-patience = 6
-"""
+def _search_toml(**fields: Any) -> str:
+    """The demo's search file: the package's ``search.toml`` template, filled in."""
+    template = resources.files("swarmq.demo").joinpath("search.toml").read_text(encoding="utf-8")
+    return template.format(**fields)
 
 
 def _remove_build(root: Path) -> None:
@@ -374,7 +350,7 @@ def _remove_build(root: Path) -> None:
         (root / name).unlink(missing_ok=True)
 
 
-def _build_into(assets: DemoAssets, s: TrainSettings, say: Callable[[str], None]) -> None:
+def _build_into(assets: DemoAssets, s: DemoTrainSettings, say: Callable[[str], None]) -> None:
     """Write every file of a build (all but the completion marker) under ``assets.root``."""
     _seed_everything(s.seed)
     tokenizer = build_tokenizer(assets.base_model_dir)
@@ -389,14 +365,14 @@ def _build_into(assets: DemoAssets, s: TrainSettings, say: Callable[[str], None]
     for i, skill in enumerate(EXPERT_SKILLS):
         say(f"training expert {i + 1}/{len(EXPERT_SKILLS)}: {skill.name}")
         _seed_everything(s.seed + 10 + i)
-        train_expert(
+        train_demo_expert(
             assets.base_model_dir, sampler, skill, assets.experts_dir / skill.name, s, stream=i
         )
 
     data = make_target_dataset(n_dev=s.n_dev, n_test=s.n_test, seed=s.seed)
     assets.dataset_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     assets.config_path.write_text(
-        SEARCH_TOML.format(
+        _search_toml(
             n=len(EXPERT_SKILLS),
             names=", ".join(x.name for x in EXPERT_SKILLS),
             experts=EXPERTS_DIR,
