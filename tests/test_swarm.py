@@ -10,8 +10,10 @@ from swarmq.swarm import (
     Factors,
     SwarmParams,
     apply_update,
+    best_initial_expert,
     draw_factors,
     expand_population,
+    improves_personal_best,
     initial_velocity,
     needs_restart,
     select_best,
@@ -218,3 +220,20 @@ def test_dropout() -> None:
     draws = [s for t in range(1, 201) for s in skipped_evaluations(1, t, 5, half_n)]
     assert 0.4 < sum(draws) / len(draws) < 0.6
     assert skipped_evaluations(1, 7, 5, half_n) == skipped_evaluations(1, 7, 5, half_n)
+
+
+def test_personal_best_moves_only_on_strict_improvement() -> None:
+    assert improves_personal_best(0.5, 0.6)
+    assert not improves_personal_best(0.5, 0.5)  # a tie keeps the older position and its age
+    assert not improves_personal_best(0.5, 0.4)
+    assert not improves_personal_best(0.5, None)  # skipped evaluation
+    assert not improves_personal_best(None, 0.9)  # no personal best to compare with yet
+
+
+def test_best_initial_expert_first_among_equals_and_ignores_missing() -> None:
+    assert best_initial_expert([0.2, 0.7, 0.7, 0.1]) == 1
+    assert best_initial_expert([None, 0.3, float("nan"), 0.2]) == 1
+    assert best_initial_expert([float("nan"), 0.1]) == 1  # numpy's argmax would pick the NaN
+    assert best_initial_expert([-1.0, -2.0]) == 0
+    assert best_initial_expert([None, float("nan")]) is None
+    assert best_initial_expert([]) is None

@@ -44,6 +44,7 @@ from swarmq.swarm import (
     asynchronous_stop,
     draw_factors,
     improves_best,
+    improves_personal_best,
     improves_worst,
     may_move,
     needs_restart,
@@ -189,7 +190,7 @@ def _apply_one(
             before.best_utility,
             before.best_iteration,
         )
-        if u > before.best_utility:
+        if improves_personal_best(before.best_utility, u):
             state.best_hash, state.best_utility, state.best_iteration = (
                 state.position_hash,
                 u,

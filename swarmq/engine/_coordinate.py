@@ -33,7 +33,9 @@ from swarmq.swarm import (
     Best,
     SwarmParams,
     apply_update,
+    best_initial_expert,
     draw_factors,
+    improves_personal_best,
     initial_velocity,
     needs_restart,
     select_best,
@@ -132,7 +134,7 @@ def coordinate_iteration(rt: Runtime, search_id: str, iteration: int) -> Coordin
                 before.best_iteration,
             )
             u = utilities[i]
-            if u is not None and before.best_utility is not None and u > before.best_utility:
+            if improves_personal_best(before.best_utility, u):
                 st.best_hash, st.best_utility, st.best_iteration = st.position_hash, u, iteration
         best = select_best(_record(prev, "best"), utilities, iteration)
         worst = select_worst(_record(prev, "worst"), utilities, iteration)
@@ -439,10 +441,8 @@ def add_final_evaluations(
 ) -> list[tuple[int, int]]:
     """Queue the final report's test evaluations: the best initial expert and the global best."""
     first = _states(s, search_id, 0) if it.number != 0 else states
-    expert_utils = [
-        st.utility if st.utility is not None else float("-inf") for st in first[:n_experts]
-    ]
-    best_expert = int(np.argmax(expert_utils))  # first index among equal maxima
+    best_expert = best_initial_expert([st.utility for st in first[:n_experts]])
+    assert best_expert is not None  # iteration 0 evaluates every expert
     assert (
         it.best_iteration is not None and it.best_particle is not None and it.best_hash is not None
     )

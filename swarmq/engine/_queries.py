@@ -26,6 +26,7 @@ from swarmq.storage import (
     ParticleStateRow,
     SearchRow,
 )
+from swarmq.swarm import best_initial_expert
 from swarmq.weights import Layout
 
 __all__ = [
@@ -166,8 +167,8 @@ def final_report(db: Database, search_id: str) -> FinalReport | None:
             )
             .order_by(ParticleStateRow.particle)
         ).all()
-        utils = [u if u is not None else float("-inf") for _p, u in initial]
-        expert = int(np.argmax(utils))
+        found = best_initial_expert([u for _p, u in initial])
+        expert = 0 if found is None else found  # no expert utility yet: the first, unscored
         names = dict(
             s.execute(
                 select(ParticleRow.index, ParticleRow.expert_name).where(

@@ -61,6 +61,7 @@ from swarmq.swarm import (
     apply_update,
     draw_factors,
     expand_population,
+    improves_personal_best,
     initial_velocity,
     needs_restart,
     select_best,
@@ -968,7 +969,7 @@ def _check_bests(
             before = prev[k]
             expected = (before.best_hash, before.best_utility, before.best_iteration)
             u = utilities[-1]
-            if u is not None and before.best_utility is not None and u > before.best_utility:
+            if improves_personal_best(before.best_utility, u):
                 expected = (st.position_hash, u, t)
         found.check(
             t,

@@ -35,6 +35,7 @@ from swarmq.swarm import (
     SwarmParams,
     asynchronous_stop,
     improves_best,
+    improves_personal_best,
     improves_worst,
     may_move,
     step_length_at,
@@ -141,7 +142,7 @@ def replay_asynchronous(
                 found.add(t, i, "previous state", "a row", "none")
                 return
             expected = [prev.best_hash, prev.best_utility, prev.best_iteration]
-            if prev.best_utility is not None and u > prev.best_utility:
+            if improves_personal_best(prev.best_utility, u):
                 expected = [st.position_hash, u, t]
         found.check(
             t,

@@ -15,6 +15,7 @@ import numpy as np
 
 from swarmq.reporting._intervals import Interval, paired_bootstrap
 from swarmq.reporting._record import BaselineScore, SearchRecord
+from swarmq.swarm import best_initial_expert
 
 __all__ = ["ResultRow", "result_rows"]
 
@@ -102,8 +103,8 @@ def result_rows(rec: SearchRecord) -> list[ResultRow]:
     if rec.n_iterations == 0 or rec.n_experts == 0:
         return rows
     dev0 = rec.utility[0, : rec.n_experts]
-    if not np.all(np.isnan(dev0)):
-        k = int(np.argmax(np.where(np.isnan(dev0), -np.inf, dev0)))
+    k = best_initial_expert([float(u) for u in dev0])  # NaN: not evaluated
+    if k is not None:
         rows.append(
             ResultRow(
                 f"best initial expert, chosen on dev ({_expert_name(rec, k)})",

@@ -13,6 +13,7 @@ the algorithm's steps follows the specification (ALGORITHM.md in the project's r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,8 +27,10 @@ __all__ = [
     "Factors",
     "Parent",
     "apply_update",
+    "best_initial_expert",
     "draw_factors",
     "expand_population",
+    "improves_personal_best",
     "initial_velocity",
     "needs_restart",
     "select_best",
@@ -202,6 +205,30 @@ def needs_restart(iteration: int, best_iteration: int, params: SwarmParams) -> b
     if not params.restart:
         return False
     return iteration - best_iteration >= params.restart_patience * params.patience
+
+
+def improves_personal_best(previous: float | None, utility: float | None) -> bool:
+    """Step 2.5: whether ``utility`` replaces a particle's personal best of ``previous``.
+
+    Only a strict improvement does: a tie keeps the earlier position (and its age, which the
+    restart rule reads). A skipped evaluation (``None``) never does.
+    """
+    return utility is not None and previous is not None and utility > previous
+
+
+def best_initial_expert(utilities: Sequence[float | None]) -> int | None:
+    """The best initial expert: the highest iteration-0 utility among the experts.
+
+    The lowest index wins among equal maxima; a missing (``None``) or NaN utility takes no part.
+    ``None`` when no expert has a utility yet.
+    """
+    best: int | None = None
+    for i, u in enumerate(utilities):
+        if u is None or math.isnan(u):
+            continue
+        if best is None or u > utilities[best]:  # type: ignore[operator]
+            best = i
+    return best
 
 
 @dataclass(frozen=True)
