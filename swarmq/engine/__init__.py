@@ -21,7 +21,13 @@ from swarmq.engine._baselines import (
     majority_vote,
     rank_personal_bests,
 )
-from swarmq.engine._common import config_of, layout_of, params_of, search_in_txn
+from swarmq.engine._common import (
+    adapter_config_of,
+    config_of,
+    layout_of,
+    params_of,
+    search_in_txn,
+)
 from swarmq.engine._coordinate import CoordinationResult, coordinate_iteration, fail_coordination
 from swarmq.engine._create import create_search
 from swarmq.engine._delete import delete_search
@@ -75,6 +81,7 @@ from swarmq.engine._runtime import (
     Runtime,
     current_runtime,
     install_runtime,
+    model_evaluate,
     runtime_from_settings,
     runtime_installed,
 )
@@ -115,6 +122,7 @@ __all__ = [
     "SearchBusyError",
     "SearchSummary",
     "Work",
+    "adapter_config_of",
     "best_history",
     "busy_workers",
     "cancel_search",
@@ -140,6 +148,7 @@ __all__ = [
     "mark_dispatched",
     "mean_position",
     "merge_scales",
+    "model_evaluate",
     "one_line",
     "params_of",
     "pending_work",

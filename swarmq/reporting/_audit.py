@@ -595,7 +595,7 @@ def _reevaluate(
     from swarmq.reporting._reevaluate import reevaluate_search
 
     if evaluate is None:
-        from swarmq.engine._runtime import model_evaluate
+        from swarmq.engine import model_evaluate
 
         evaluate = model_evaluate
     done = reevaluate_search(db, store, search_id, sample=sample, final=final, evaluate=evaluate)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from swarmq.engine._common import adapter_config_of, config_of, layout_of, search_in_txn
+from swarmq.engine import adapter_config_of, config_of, layout_of, search_in_txn
 from swarmq.errors import SwarmqError
 from swarmq.objectives import UtilityResult
 from swarmq.storage import ArtifactStore, Database, EvaluationRow
