@@ -190,7 +190,9 @@ def test_cli_submit_cancel_resume_on_the_real_model(
     cli("resume", sid)
     assert wait_finished(db, sid, cluster) == "completed"
     watched = cli("watch", sid, "--interval", "0.2").stdout
-    assert "completed" in watched and "personal best" in watched
+    # Not a terminal: a line per change, the last one the finished state.
+    last = watched.strip().splitlines()[-1]
+    assert f"{sid}: completed" in last and "best " in last, watched
     dist = json.loads(cli("status", sid, "--json").stdout)
 
     # The same search in one process, without servers: the same numbers.
