@@ -273,8 +273,6 @@ class LoadsModels:
     least recently used dropped beyond ``MAX_JUDGE_MODELS``), by default on ``device``.
     """
 
-    device: str | None
-
     def load_judge(
         self, path: str, dtype: Dtype, device: str | None, batch_size: int
     ) -> JudgeModel:
