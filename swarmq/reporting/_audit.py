@@ -32,9 +32,7 @@ one verified read of every artifact plus the update arithmetic.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +41,14 @@ from sqlalchemy import select
 
 from swarmq.engine import config_of, layout_of, params_of, search_in_txn
 from swarmq.errors import ArtifactError, SwarmqError
-from swarmq.reporting._columns import STATE_COLUMNS, lineage_query
+from swarmq.reporting._audit_read import (
+    AuditState,
+    Evaluations,
+    Records,
+    VerifiedVectors,
+    iter_states,
+)
+from swarmq.reporting._columns import lineage_query
 from swarmq.storage import (
     Artifact,
     ArtifactStore,
@@ -51,7 +56,6 @@ from swarmq.storage import (
     EvaluationRow,
     IterationRow,
     ParticleStateRow,
-    decode_vector,
     encode_vector,
     hash_bytes,
 )
@@ -172,201 +176,6 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-# (stored bytes or None, their sha256 or None, why they could not be read or None)
-_Loaded = tuple[bytes | None, str | None, str | None]
-
-
-class _Vectors:
-    """Verified vectors by hash: each artifact is read and hashed once, then kept (LRU, bytes).
-
-    Files about to be checked are announced with :meth:`expect` and read and hashed ahead on
-    two threads (file reads and sha256 release the GIL), while the caller recomputes updates;
-    for small vectors the threads would cost more than they save, so reads stay inline.
-    """
-
-    def __init__(self, store: ArtifactStore, budget: int, vector_bytes: int) -> None:
-        self.store = store
-        self.budget = budget
-        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.size = 0
-        self.verified: set[str] = set()
-        # Hashes whose values were checked for NaN and infinity (each is reported once).
-        self.finite_checked: set[str] = set()
-        self.reads = 0
-        self.bytes = 0
-        self._headers: dict[int, bytes] = {}
-        self._pool = (
-            ThreadPoolExecutor(max_workers=2, thread_name_prefix="swarmq-audit")
-            if vector_bytes >= 256 * 1024
-            else None
-        )
-        # Read-ahead holds at most ~256 MiB of file contents.
-        self._window = max(2, min(16, (256 * 2**20) // max(1, vector_bytes)))
-        self._ahead: dict[str, Future[_Loaded]] = {}
-        self._queue: deque[str] = deque()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def _keep(self, digest: str, vector: np.ndarray) -> None:
-        if digest in self.cache:
-            self.cache.move_to_end(digest)
-            return
-        self.cache[digest] = vector
-        self.size += vector.nbytes
-        while self.size > self.budget and len(self.cache) > 1:
-            _, old = self.cache.popitem(last=False)
-            self.size -= old.nbytes
-
-    def _load(self, digest: str) -> _Loaded:
-        try:
-            data = self.store.get_bytes(digest)
-        except ArtifactError as err:
-            return None, None, str(err)
-        return data, hash_bytes(data), None
-
-    def expect(self, digests: Iterable[str | None]) -> None:
-        """Announce, in order of use, files that :meth:`get` or :meth:`confirm` will need."""
-        if self._pool is None:
-            return
-        for d in digests:
-            if d is not None and d not in self.verified and d not in self._ahead:
-                self._queue.append(d)
-        self._fill()
-
-    def _fill(self) -> None:
-        assert self._pool is not None
-        while self._queue and len(self._ahead) < self._window:
-            d = self._queue.popleft()
-            if d not in self._ahead and d not in self.verified:
-                self._ahead[d] = self._pool.submit(self._load, d)
-
-    def _fetch(self, digest: str) -> _Loaded:
-        future = self._ahead.pop(digest, None)
-        loaded = self._load(digest) if future is None else future.result()
-        if self._pool is not None:
-            self._fill()
-        if loaded[0] is not None:
-            self.reads += 1
-            self.bytes += len(loaded[0])
-        return loaded
-
-    def get(self, digest: str) -> np.ndarray:
-        """The vector stored under ``digest``; raises :class:`ArtifactError` if it is bad."""
-        vector = self.cache.get(digest)
-        if vector is not None:
-            self.cache.move_to_end(digest)
-            return vector
-        data, actual, error = self._fetch(digest)
-        if data is None:
-            raise ArtifactError(error)
-        if actual != digest:
-            raise ArtifactError(f"its content hashes to {actual}")
-        vector = decode_vector(data, digest)
-        self.verified.add(digest)
-        self._keep(digest, vector)
-        return vector
-
-    def _header(self, size: int) -> bytes:
-        # The safetensors header of a flat float32 vector depends on its length only.
-        header = self._headers.get(size)
-        if header is None:
-            encoded = encode_vector(np.zeros(size, dtype=np.float32))
-            header = encoded[: 8 + int.from_bytes(encoded[:8], "little")]
-            self._headers[size] = header
-        return header
-
-    def _holds(self, data: bytes, vector: np.ndarray) -> bool:
-        """Whether ``data`` is exactly ``encode_vector(vector)``, without serialising it."""
-        header = self._header(vector.size)
-        if len(data) != len(header) + vector.nbytes or not data.startswith(header):
-            return False
-        stored = np.frombuffer(data, dtype=np.uint32, offset=len(header))
-        # Bit patterns, not values: -0.0 and 0.0 (or two NaNs) are different artifacts.
-        return bool(np.array_equal(stored, vector.view(np.uint32)))
-
-    def confirm(self, digest: str | None, vector: np.ndarray) -> tuple[str, str | None]:
-        """Check a recomputed vector against the artifact the record names.
-
-        Returns ``(recomputed hash, problem with the stored file or None)``. When the stored
-        file hashes to ``digest`` and holds exactly this vector, the recomputed hash is
-        ``digest`` and nothing is serialised; otherwise the vector is encoded and hashed to say
-        which of the record or the file is wrong.
-        """
-        vector = np.ascontiguousarray(vector, dtype=np.float32)
-        if digest is not None and digest in self.verified:
-            cached = self.cache.get(digest)
-            if cached is not None and np.array_equal(
-                cached.view(np.uint32), vector.view(np.uint32)
-            ):
-                self._keep(digest, vector)
-                return digest, None
-        elif digest is not None:
-            data, actual, error = self._fetch(digest)
-            if data is not None and actual == digest and self._holds(data, vector):
-                self.verified.add(digest)
-                self._keep(digest, vector)
-                return digest, None
-            computed = hash_bytes(encode_vector(vector))
-            if computed != digest:
-                return computed, None  # the record names another vector: reported as such
-            if data is None:
-                return computed, error
-            return computed, f"its content hashes to {actual}"
-        return hash_bytes(encode_vector(vector)), None
-
-
-@dataclass(frozen=True)
-class Records:
-    """The global best and worst an update read (an asynchronous application's)."""
-
-    best_hash: str | None
-    worst_hash: str | None
-
-
-# (iteration, particle, split) -> (status, utility, position hash)
-_Evaluations = dict[tuple[int, int, str], tuple[str, float | None, str]]
-
-
-@dataclass(frozen=True)
-class _State:
-    iteration: int
-    particle: int
-    position_hash: str
-    velocity_hash: str | None
-    restarted: bool
-    update: dict[str, Any] | None
-    utility: float | None
-    evaluated: bool | None
-    best_hash: str | None
-    best_utility: float | None
-    best_iteration: int | None
-
-
-def _iter_states(db: Database, search_id: str, last: int, n: int) -> Iterator[list[_State]]:
-    """The states of one iteration at a time, in order; read in batches of about 20,000 rows
-    so that memory stays bounded for long searches."""
-    step = max(1, 20_000 // max(1, n))
-    for start in range(0, last + 1, step):
-        with db.session() as s:
-            rows = s.execute(
-                select(*STATE_COLUMNS)
-                .where(
-                    ParticleStateRow.search_id == search_id,
-                    ParticleStateRow.iteration >= start,
-                    ParticleStateRow.iteration < start + step,
-                )
-                .order_by(ParticleStateRow.iteration, ParticleStateRow.particle)
-            ).all()
-        batch: dict[int, list[_State]] = {}
-        for row in rows:
-            st = _State(**row._asdict())
-            batch.setdefault(st.iteration, []).append(st)
-        for t in range(start, min(start + step, last + 1)):
-            yield batch.get(t, [])
-
-
 def audit_search(
     db: Database,
     store: ArtifactStore,
@@ -411,7 +220,7 @@ def audit_search(
                 .order_by(IterationRow.number)
             )
         }
-        evaluations: _Evaluations = {
+        evaluations: Evaluations = {
             (it, p, split): (status_, utility, digest)
             for it, p, split, status_, utility, digest in s.execute(
                 select(
@@ -441,7 +250,7 @@ def audit_search(
                 unrecorded.setdefault((it, p), []).append((what, str(h)))
 
     found = _Findings(max(1, max_mismatches))
-    vectors = _Vectors(store, cache_bytes, 4 * layout.size)
+    vectors = VerifiedVectors(store, cache_bytes, 4 * layout.size)
     counts = {"states": 0, "updates": 0, "iterations": 0, "baselines": 0, "reevaluated": 0}
     baseline_notes: list[str] = []
     last = max(iterations, default=-1)
@@ -479,8 +288,8 @@ def audit_search(
             )
         else:
             history: list[float] = []
-            prev: list[_State] = []
-            for states in _iter_states(db, search_id, last, n):
+            prev: list[AuditState] = []
+            for states in iter_states(db, search_id, last, n):
                 t = len(history) if not states else states[0].iteration
                 it_row = iterations.get(t)
                 if it_row is None or [st.particle for st in states] != list(range(n)):
@@ -615,12 +424,12 @@ def _reevaluate(
 
 def _check_baselines(
     found: _Findings,
-    vectors: _Vectors,
+    vectors: VerifiedVectors,
     db: Database,
     search_id: str,
     seed: int,
     n_experts: int,
-    evaluations: _Evaluations,
+    evaluations: Evaluations,
 ) -> tuple[int, list[str]]:
     """The baselines' record (see :mod:`swarmq.reporting._audit_baselines`)."""
     from swarmq.reporting._audit_baselines import check_baselines
@@ -717,7 +526,7 @@ def _check_structure(
 
 def _check_finite(
     found: _Findings,
-    vectors: _Vectors,
+    vectors: VerifiedVectors,
     t: int | None,
     particle: int | None,
     what: str,
@@ -745,7 +554,7 @@ def _check_finite(
 
 
 def _read(
-    found: _Findings, vectors: _Vectors, t: int, particle: int, what: str, digest: str | None
+    found: _Findings, vectors: VerifiedVectors, t: int, particle: int, what: str, digest: str | None
 ) -> np.ndarray | None:
     if digest is None:
         found.add(t, particle, f"artifact {what}", "a hash", "none")
@@ -761,7 +570,7 @@ def _read(
 
 def _compare_output(
     found: _Findings,
-    vectors: _Vectors,
+    vectors: VerifiedVectors,
     t: int,
     particle: int,
     what: str,
@@ -781,8 +590,8 @@ def _compare_output(
 
 def _check_initial(
     found: _Findings,
-    vectors: _Vectors,
-    states: list[_State],
+    vectors: VerifiedVectors,
+    states: list[AuditState],
     particles: Sequence[Any],
     params: SwarmParams,
     seed: int,
@@ -832,7 +641,7 @@ def _check_initial(
 
 def _check_experts(
     found: _Findings,
-    states: list[_State],
+    states: list[AuditState],
     config: Any,
     layout: Any,
     n_experts: int,
@@ -862,9 +671,9 @@ def _check_experts(
 
 def _check_update(
     found: _Findings,
-    vectors: _Vectors,
-    st: _State,
-    before: _State,
+    vectors: VerifiedVectors,
+    st: AuditState,
+    before: AuditState,
     prev_it: IterationRow | Records,
     params: SwarmParams,
     seed: int,
@@ -925,11 +734,11 @@ def _check_update(
 
 def _check_bests(
     found: _Findings,
-    states: list[_State],
-    prev: list[_State],
+    states: list[AuditState],
+    prev: list[AuditState],
     it_row: IterationRow,
     prev_it: IterationRow | None,
-    evaluations: _Evaluations,
+    evaluations: Evaluations,
     seed: int,
     params: SwarmParams,
 ) -> None:

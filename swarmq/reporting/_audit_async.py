@@ -18,16 +18,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from swarmq.reporting._audit import (
-    Records,
-    _check_experts,
-    _check_initial,
-    _check_update,
-    _Evaluations,
-    _Findings,
-    _State,
-    _Vectors,
-)
+from swarmq.reporting._audit import _check_experts, _check_initial, _check_update, _Findings
+from swarmq.reporting._audit_read import AuditState, Evaluations, Records, VerifiedVectors
 from swarmq.reporting._columns import STATE_COLUMNS
 from swarmq.storage import ApplicationRow, Database, IterationRow, ParticleStateRow
 from swarmq.swarm import (
@@ -46,13 +38,13 @@ __all__ = ["replay_asynchronous"]
 
 def replay_asynchronous(
     found: _Findings,
-    vectors: _Vectors,
+    vectors: VerifiedVectors,
     db: Database,
     search_id: str,
     *,
     iterations: dict[int, IterationRow],
     particles: Sequence[Any],
-    evaluations: _Evaluations,
+    evaluations: Evaluations,
     unrecorded: dict[tuple[int, int], list[tuple[str, str]]],
     params: SwarmParams,
     seed: int,
@@ -72,7 +64,7 @@ def replay_asynchronous(
         states = {
             (st.iteration, st.particle): st
             for st in (
-                _State(**row._asdict())
+                AuditState(**row._asdict())
                 for row in s.execute(
                     select(*STATE_COLUMNS).where(ParticleStateRow.search_id == search_id)
                 ).all()
@@ -239,5 +231,5 @@ def replay_asynchronous(
         found.check(key[0], key[1], "test evaluation position_hash", seen.get(key), tested[key])
 
 
-def _exists(state: _State | None) -> str:
+def _exists(state: AuditState | None) -> str:
     return "none (it did not move)" if state is None else "a row"
