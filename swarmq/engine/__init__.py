@@ -31,14 +31,7 @@ from swarmq.engine._common import (
 from swarmq.engine._coordinate import CoordinationResult, coordinate_iteration, fail_coordination
 from swarmq.engine._create import create_search
 from swarmq.engine._delete import delete_search
-from swarmq.engine._evaluate import (
-    EvaluationPolicy,
-    Outcome,
-    claim_coordination,
-    one_line,
-    run_evaluation,
-    worker_name,
-)
+from swarmq.engine._evaluate import Outcome, one_line, run_evaluation
 from swarmq.engine._export import (
     MERGED_MARKER,
     export_merged,
@@ -47,6 +40,7 @@ from swarmq.engine._export import (
 )
 from swarmq.engine._groups import GroupMember, group_members, seed_group_id, with_seed
 from swarmq.engine._lease import SearchBusyError, driving
+from swarmq.engine._leases import EvaluationPolicy, claim_coordination, worker_name
 from swarmq.engine._queries import (
     FinalReport,
     ScoredPosition,

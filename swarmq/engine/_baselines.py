@@ -48,7 +48,7 @@ from swarmq.engine._common import (
     put_vectors_in_txn,
     search_in_txn,
 )
-from swarmq.engine._evaluate import worker_name
+from swarmq.engine._leases import worker_name
 from swarmq.engine._soups import (
     derived_seed,
     greedy_soup,

@@ -26,7 +26,7 @@ from typing import Any, Protocol, cast
 
 from sqlalchemy import CursorResult, Select, func, select, update
 
-from swarmq.engine._evaluate import FINISHED, STOPPED_BEATING, as_utc
+from swarmq.engine._leases import FINISHED, STOPPED_BEATING, as_utc
 from swarmq.engine._recover import Work, send_work
 from swarmq.engine._runtime import Runtime
 from swarmq.storage import (
