@@ -9,6 +9,7 @@ from swarmq.swarm import (
     Best,
     Factors,
     SwarmParams,
+    UpdateRecord,
     apply_update,
     best_initial_expert,
     draw_factors,
@@ -237,3 +238,28 @@ def test_best_initial_expert_first_among_equals_and_ignores_missing() -> None:
     assert best_initial_expert([-1.0, -2.0]) == 0
     assert best_initial_expert([None, float("nan")]) is None
     assert best_initial_expert([]) is None
+
+
+def test_update_record_round_trips_through_json() -> None:
+    import json
+
+    record = UpdateRecord(
+        factors=(0.1, 0.2, 0.3, 0.4),
+        coefficients=(0.5, 0.25, 0.125, 0.0625),
+        step_length=0.9,
+        restarted=True,
+        x="aa",
+        v=None,
+        p="aa",
+        g="bb",
+        g_worst="cc",
+    )
+    stored = json.loads(json.dumps(record.to_json()))
+    assert set(stored) == set(UpdateRecord.FIELDS)  # no application key outside async mode
+    assert UpdateRecord.from_json(stored) == record
+    moved = UpdateRecord(**{**vars(record), "application": 7})
+    assert UpdateRecord.from_json(moved.to_json()).application == 7
+    with pytest.raises(ValueError, match="needs factors, coefficients"):
+        UpdateRecord.from_json({"factors": [1, 2, 3, 4]})
+    with pytest.raises(ValueError, match="coefficients must be four numbers"):
+        UpdateRecord.from_json({**stored, "coefficients": [1, 2]})

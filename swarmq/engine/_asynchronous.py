@@ -20,7 +20,6 @@ a synchronous search. The authoritative record is the ``applications`` table, wh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -40,6 +39,7 @@ from swarmq.storage import (
 from swarmq.swarm import (
     Best,
     SwarmParams,
+    UpdateRecord,
     apply_update,
     asynchronous_stop,
     draw_factors,
@@ -323,18 +323,18 @@ def _move(
         )
         s.flush()
         search.current_iteration = max(search.current_iteration, nxt)
-    update: dict[str, Any] = {
-        "factors": [factors.r_v, factors.r_p, factors.r_g, factors.r_w],
-        "coefficients": list(coefficients),
-        "step_length": step,
-        "restarted": restarted,
-        "x": x_hash,
-        "v": v_hash,
-        "p": state.best_hash,
-        "g": standing.best_hash,
-        "g_worst": standing.worst_hash,
-        "application": seq,
-    }
+    update = UpdateRecord(
+        factors=(factors.r_v, factors.r_p, factors.r_g, factors.r_w),
+        coefficients=coefficients,
+        step_length=step,
+        restarted=restarted,
+        x=x_hash,
+        v=v_hash,
+        p=state.best_hash,
+        g=standing.best_hash,
+        g_worst=standing.worst_hash,
+        application=seq,
+    )
     s.add(
         ParticleStateRow(
             search_id=search.id,
@@ -343,7 +343,7 @@ def _move(
             position_hash=new_x_hash,
             velocity_hash=new_v_hash,
             restarted=restarted,
-            update=update,
+            update=update.to_json(),
         )
     )
     s.add(

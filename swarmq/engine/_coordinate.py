@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -32,6 +31,7 @@ from swarmq.storage import EvaluationRow, IterationRow, ParticleStateRow, utcnow
 from swarmq.swarm import (
     Best,
     SwarmParams,
+    UpdateRecord,
     apply_update,
     best_initial_expert,
     draw_factors,
@@ -339,7 +339,7 @@ def _create_next(
     pending: deque[Future[str]] = deque()
     writes: list[Future[str]] = []
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="swarmq-write") as pool:
-        updates: list[tuple[dict[str, Any], bool]] = []
+        updates: list[tuple[UpdateRecord, bool]] = []
         for i, st in enumerate(states):
             assert (
                 st.best_hash is not None
@@ -366,25 +366,25 @@ def _create_next(
                 future = pool.submit(store.put_vector, vec)
                 pending.append(future)
                 writes.append(future)
-            update: dict[str, Any] = {
-                "factors": [factors.r_v, factors.r_p, factors.r_g, factors.r_w],
-                "coefficients": list(coefficients),
-                "step_length": step,
-                "restarted": restarted,
+            update = UpdateRecord(
+                factors=(factors.r_v, factors.r_p, factors.r_g, factors.r_w),
+                coefficients=coefficients,
+                step_length=step,
+                restarted=restarted,
                 # What the update read: x and v after a restart are p and 0 (v_hash None).
-                "x": x_hash,
-                "v": v_hash,
-                "p": st.best_hash,
-                "g": it.best_hash,
-                "g_worst": it.worst_hash,
-            }
+                x=x_hash,
+                v=v_hash,
+                p=st.best_hash,
+                g=it.best_hash,
+                g_worst=it.worst_hash,
+            )
             updates.append((update, skipped[i]))
         hashes = [f.result() for f in writes]  # re-raises a failed write (e.g. a full disk)
     nbytes = int(g.nbytes)
     record_artifacts_in_txn(
         s, ((h, "position" if k % 2 == 0 else "velocity", nbytes) for k, h in enumerate(hashes))
     )
-    for i, (st, (update, skip)) in enumerate(zip(states, updates, strict=True)):
+    for i, (st, (record, skip)) in enumerate(zip(states, updates, strict=True)):
         new_x_hash, new_v_hash = hashes[2 * i], hashes[2 * i + 1]
         s.add(
             ParticleStateRow(
@@ -393,8 +393,8 @@ def _create_next(
                 particle=i,
                 position_hash=new_x_hash,
                 velocity_hash=new_v_hash,
-                restarted=update["restarted"],
-                update=update,
+                restarted=record.restarted,
+                update=record.to_json(),
                 # A particle skipped by dropout keeps its previous utility but still moves.
                 utility=st.utility if skip else None,
                 evaluated=False if skip else None,

@@ -62,6 +62,7 @@ from swarmq.storage import (
 from swarmq.swarm import (
     Best,
     SwarmParams,
+    UpdateRecord,
     apply_update,
     draw_factors,
     expand_population,
@@ -682,7 +683,7 @@ def _check_update(
     """One update of iteration t >= 1: recorded inputs, input artifacts, recomputed outputs."""
     t, i = st.iteration, st.particle
     u = st.update
-    keys = ("factors", "coefficients", "step_length", "restarted", "x", "v", "p", "g", "g_worst")
+    keys = UpdateRecord.FIELDS
     if not isinstance(u, dict) or any(k not in u for k in keys):
         found.add(t, i, "update", f"a record with {', '.join(keys)}", u)
         return

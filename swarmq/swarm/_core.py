@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,6 +27,7 @@ __all__ = [
     "Best",
     "Factors",
     "Parent",
+    "UpdateRecord",
     "apply_update",
     "best_initial_expert",
     "draw_factors",
@@ -229,6 +231,82 @@ def best_initial_expert(utilities: Sequence[float | None]) -> int | None:
         if best is None or u > utilities[best]:  # type: ignore[operator]
             best = i
     return best
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """What one particle's update read and drew, as the record keeps it (``update`` column).
+
+    ``factors`` are ``[r_v, r_p, r_g, r_w]``, ``coefficients`` ``[a, b, c, d]``; ``x``, ``v``,
+    ``p``, ``g`` and ``g_worst`` are the hashes of the vectors read (``v`` None after a restart,
+    which reads a zero velocity). ``application`` numbers the result an asynchronous search
+    applied before this move. :meth:`to_json` is the stored form; the audit and the history
+    read it back with :meth:`from_json`.
+    """
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "factors",
+        "coefficients",
+        "step_length",
+        "restarted",
+        "x",
+        "v",
+        "p",
+        "g",
+        "g_worst",
+    )
+
+    factors: tuple[float, float, float, float]
+    coefficients: tuple[float, float, float, float]
+    step_length: float
+    restarted: bool
+    x: str | None
+    v: str | None
+    p: str | None
+    g: str | None
+    g_worst: str | None
+    application: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON values (lists for the four-number groups)."""
+        out: dict[str, Any] = {
+            "factors": list(self.factors),
+            "coefficients": list(self.coefficients),
+            "step_length": self.step_length,
+            "restarted": self.restarted,
+            "x": self.x,
+            "v": self.v,
+            "p": self.p,
+            "g": self.g,
+            "g_worst": self.g_worst,
+        }
+        if self.application is not None:
+            out["application"] = self.application
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> UpdateRecord:
+        """Read a stored record back; :class:`ValueError` names what is missing or malformed."""
+        if not isinstance(data, dict) or any(k not in data for k in cls.FIELDS):
+            raise ValueError(f"an update record needs {', '.join(cls.FIELDS)}; got {data!r}")
+        groups = []
+        for key in ("factors", "coefficients"):
+            value = data[key]
+            if not isinstance(value, list) or len(value) != 4:
+                raise ValueError(f"update record {key} must be four numbers, got {value!r}")
+            groups.append(tuple(float(k) for k in value))
+        return cls(
+            factors=groups[0],  # type: ignore[arg-type]
+            coefficients=groups[1],  # type: ignore[arg-type]
+            step_length=float(data["step_length"]),
+            restarted=bool(data["restarted"]),
+            x=data["x"],
+            v=data["v"],
+            p=data["p"],
+            g=data["g"],
+            g_worst=data["g_worst"],
+            application=data.get("application"),
+        )
 
 
 @dataclass(frozen=True)
