@@ -383,17 +383,19 @@ def test_one_task_claims_and_records_pending_companions(
 
 
 def test_the_celery_task_reports_its_companions(tmp_path: Path, pool: Path) -> None:
+    from swarmq.engine import runtime_installed
     from swarmq.execution.tasks import evaluate
 
     runner = EmbeddedRunner(
         Settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "art"), evaluate=BatchingHook()
     )
     sid = create_search(runner.runtime, pool_config(pool, 3), check_objective=False)
-    first = evaluate.run(sid, 0, 0)
-    assert first["status"] == "done" and first["batch"] == [1, 2]
-    assert isinstance(first["utility"], float)
-    again = evaluate.run(sid, 0, 1)  # a companion's own message: already recorded
-    assert (again["status"], again["batch"]) == ("duplicate", [])
+    with runtime_installed(runner.runtime):  # what a worker process has installed
+        first = evaluate.run(sid, 0, 0)
+        assert first["status"] == "done" and first["batch"] == [1, 2]
+        assert isinstance(first["utility"], float)
+        again = evaluate.run(sid, 0, 1)  # a companion's own message: already recorded
+        assert (again["status"], again["batch"]) == ("duplicate", [])
 
 
 def test_a_companion_held_by_a_live_worker_is_left_alone(tmp_path: Path, pool: Path) -> None:
