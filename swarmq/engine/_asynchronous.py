@@ -21,11 +21,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from swarmq.engine._common import config_of, params_of, put_vectors_in_txn, search_in_txn
+from swarmq.engine._common import (
+    config_of,
+    move_particle,
+    params_of,
+    put_vectors_in_txn,
+    search_in_txn,
+)
 from swarmq.engine._runtime import Runtime
 from swarmq.errors import NotFoundError
 from swarmq.storage import (
@@ -39,17 +44,12 @@ from swarmq.storage import (
 from swarmq.swarm import (
     Best,
     SwarmParams,
-    UpdateRecord,
-    apply_update,
     asynchronous_stop,
-    draw_factors,
     improves_best,
     improves_personal_best,
     improves_worst,
     may_move,
-    needs_restart,
     step_length_at,
-    update_coefficients,
 )
 
 __all__ = [
@@ -289,25 +289,19 @@ def _move(
     i = state.particle
     assert state.best_hash is not None and state.best_iteration is not None
     assert standing.best_hash is not None and standing.worst_hash is not None
-    p = store.get_vector(state.best_hash)
-    restarted = needs_restart(nxt, state.best_iteration, params)
-    if restarted:
-        x, v = p, np.zeros_like(p)
-        x_hash, v_hash = state.best_hash, None
-    else:
-        assert state.velocity_hash is not None
-        x = p if state.position_hash == state.best_hash else store.get_vector(state.position_hash)
-        v = store.get_vector(state.velocity_hash)
-        x_hash, v_hash = state.position_hash, state.velocity_hash
-    g = store.get_vector(standing.best_hash)
-    g_worst = store.get_vector(standing.worst_hash)
     step = step_length_at(nxt, params)
-    factors = draw_factors(search.seed, nxt, i, params.random_weights)
-    coefficients = update_coefficients(factors, params)
-    new_x, new_v = apply_update(x, v, p, g, g_worst, coefficients, step)
-    from swarmq.engine._coordinate import _require_finite_update
-
-    _require_finite_update(new_x, new_v, i, nxt, step)
+    new_x, new_v, update = move_particle(
+        store,
+        state,
+        search.seed,
+        nxt,
+        i,
+        params,
+        step,
+        (store.get_vector(standing.best_hash), standing.best_hash),
+        (store.get_vector(standing.worst_hash), standing.worst_hash),
+        application=seq,
+    )
     new_x_hash, new_v_hash = put_vectors_in_txn(
         s, store, (("position", new_x), ("velocity", new_v))
     )
@@ -323,18 +317,6 @@ def _move(
         )
         s.flush()
         search.current_iteration = max(search.current_iteration, nxt)
-    update = UpdateRecord(
-        factors=(factors.r_v, factors.r_p, factors.r_g, factors.r_w),
-        coefficients=coefficients,
-        step_length=step,
-        restarted=restarted,
-        x=x_hash,
-        v=v_hash,
-        p=state.best_hash,
-        g=standing.best_hash,
-        g_worst=standing.worst_hash,
-        application=seq,
-    )
     s.add(
         ParticleStateRow(
             search_id=search.id,
@@ -342,7 +324,7 @@ def _move(
             particle=i,
             position_hash=new_x_hash,
             velocity_hash=new_v_hash,
-            restarted=restarted,
+            restarted=update.restarted,
             update=update.to_json(),
         )
     )

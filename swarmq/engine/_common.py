@@ -16,9 +16,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from swarmq.config import SearchConfig
-from swarmq.errors import NotFoundError, UtilityError
+from swarmq.errors import NotFoundError, NumericError, UtilityError
 from swarmq.storage import Artifact, ArtifactStore, IterationRow, SearchRow
-from swarmq.swarm import SwarmParams
+from swarmq.swarm import (
+    SwarmParams,
+    UpdateRecord,
+    apply_update,
+    draw_factors,
+    needs_restart,
+    update_coefficients,
+)
 from swarmq.weights import Layout
 
 __all__ = [
@@ -167,3 +174,77 @@ def require_storable(metrics: Any, what: str) -> None:
             f"{what} returned metrics that cannot be stored as JSON ({err}); return finite "
             "numbers, strings, booleans, None, lists and dicts with string keys"
         ) from None
+
+
+def require_finite_update(
+    new_x: np.ndarray, new_v: np.ndarray, particle: int, iteration: int, step: float
+) -> None:
+    """Refuse an update whose position or velocity holds NaN or infinity.
+
+    A single non-finite value turns every later position into NaN; the utilities of such
+    positions are meaningless, and a search that went on would report them as results.
+    """
+    for what, vector in (("position", new_x), ("velocity", new_v)):
+        finite = np.isfinite(vector)
+        if finite.all():
+            continue
+        count = int(vector.size - np.count_nonzero(finite))
+        first = int(np.argmin(finite))
+        raise NumericError(
+            f"the update of particle {particle} producing iteration {iteration} gave a "
+            f"non-finite {what} ({count} of {vector.size} values, the first {vector[first]!r} "
+            f"at index {first}; step length {step!r}): the weights overflow float32; lower "
+            "[swarm] step_length, or check the experts with `swarmq experts check`"
+        )
+
+
+def move_particle(
+    store: ArtifactStore,
+    state: Any,
+    seed: int,
+    nxt: int,
+    particle: int,
+    params: SwarmParams,
+    step: float,
+    best: tuple[np.ndarray, str | None],
+    worst: tuple[np.ndarray, str | None],
+    *,
+    application: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, UpdateRecord]:
+    """One particle's step to iteration ``nxt`` (both modes): read its inputs, restart it if
+    its personal best is too old, draw the factors, apply the update, refuse a non-finite
+    result; returns the new position and velocity and the record of what the step read.
+
+    ``state`` is the particle's recorded state (position, velocity and personal best hashes,
+    best iteration); ``best`` and ``worst`` are the global records (vector, hash) it moves by.
+    """
+    assert state.best_hash is not None and state.best_iteration is not None
+    p = store.get_vector(state.best_hash)
+    restarted = needs_restart(nxt, state.best_iteration, params)
+    if restarted:
+        # A restart reads the personal best and a zero velocity (recorded as v None).
+        x, v = p, np.zeros_like(p)
+        x_hash, v_hash = state.best_hash, None
+    else:
+        assert state.velocity_hash is not None
+        # A particle sitting at its personal best (always at iteration 0) reads it once.
+        x = p if state.position_hash == state.best_hash else store.get_vector(state.position_hash)
+        v = store.get_vector(state.velocity_hash)
+        x_hash, v_hash = state.position_hash, state.velocity_hash
+    factors = draw_factors(seed, nxt, particle, params.random_weights)
+    coefficients = update_coefficients(factors, params)
+    new_x, new_v = apply_update(x, v, p, best[0], worst[0], coefficients, step)
+    require_finite_update(new_x, new_v, particle, nxt, step)
+    record = UpdateRecord(
+        factors=(factors.r_v, factors.r_p, factors.r_g, factors.r_w),
+        coefficients=coefficients,
+        step_length=step,
+        restarted=restarted,
+        x=x_hash,
+        v=v_hash,
+        p=state.best_hash,
+        g=best[1],
+        g_worst=worst[1],
+        application=application,
+    )
+    return new_x, new_v, record

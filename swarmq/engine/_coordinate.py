@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from swarmq.engine._asynchronous import apply_pending, is_asynchronous
 from swarmq.engine._common import (
     config_of,
+    move_particle,
     params_of,
     put_vectors_in_txn,
     record_artifacts_in_txn,
@@ -26,24 +27,20 @@ from swarmq.engine._common import (
 )
 from swarmq.engine._faults import fault_point
 from swarmq.engine._runtime import Runtime
-from swarmq.errors import NotFoundError, NumericError, StorageError, SwarmqError
+from swarmq.errors import NotFoundError, StorageError, SwarmqError
 from swarmq.storage import EvaluationRow, IterationRow, ParticleStateRow, utcnow
 from swarmq.swarm import (
     Best,
     SwarmParams,
     UpdateRecord,
-    apply_update,
     best_initial_expert,
-    draw_factors,
     improves_personal_best,
     initial_velocity,
-    needs_restart,
     select_best,
     select_worst,
     should_stop,
     skipped_evaluations,
     step_length_at,
-    update_coefficients,
 )
 
 __all__ = [
@@ -346,38 +343,15 @@ def _create_next(
                 and st.best_iteration is not None
                 and st.velocity_hash is not None
             )
-            p = store.get_vector(st.best_hash)
-            restarted = needs_restart(nxt, st.best_iteration, params)
-            if restarted:
-                x, v = p, np.zeros_like(p)
-                x_hash, v_hash = st.best_hash, None
-            else:
-                # A particle sitting at its personal best (always at iteration 0) reads it once.
-                x = p if st.position_hash == st.best_hash else store.get_vector(st.position_hash)
-                v = store.get_vector(st.velocity_hash)
-                x_hash, v_hash = st.position_hash, st.velocity_hash
-            factors = draw_factors(seed, nxt, i, params.random_weights)
-            coefficients = update_coefficients(factors, params)
-            new_x, new_v = apply_update(x, v, p, g, g_worst, coefficients, step)
-            _require_finite_update(new_x, new_v, i, nxt, step)
+            new_x, new_v, update = move_particle(
+                store, st, seed, nxt, i, params, step, (g, it.best_hash), (g_worst, it.worst_hash)
+            )
             for vec in (new_x, new_v):
                 while len(pending) >= window:
                     pending.popleft().result()
                 future = pool.submit(store.put_vector, vec)
                 pending.append(future)
                 writes.append(future)
-            update = UpdateRecord(
-                factors=(factors.r_v, factors.r_p, factors.r_g, factors.r_w),
-                coefficients=coefficients,
-                step_length=step,
-                restarted=restarted,
-                # What the update read: x and v after a restart are p and 0 (v_hash None).
-                x=x_hash,
-                v=v_hash,
-                p=st.best_hash,
-                g=it.best_hash,
-                g_worst=it.worst_hash,
-            )
             updates.append((update, skipped[i]))
         hashes = [f.result() for f in writes]  # re-raises a failed write (e.g. a full disk)
     nbytes = int(g.nbytes)
@@ -411,28 +385,6 @@ def _create_next(
                 utility=st.utility if skip else None,
                 attempts=0,
             )
-        )
-
-
-def _require_finite_update(
-    new_x: np.ndarray, new_v: np.ndarray, particle: int, iteration: int, step: float
-) -> None:
-    """Refuse an update whose position or velocity holds NaN or infinity.
-
-    A single non-finite value turns every later position into NaN; the utilities of such
-    positions are meaningless, and a search that went on would report them as results.
-    """
-    for what, vector in (("position", new_x), ("velocity", new_v)):
-        finite = np.isfinite(vector)
-        if finite.all():
-            continue
-        count = int(vector.size - np.count_nonzero(finite))
-        first = int(np.argmin(finite))
-        raise NumericError(
-            f"the update of particle {particle} producing iteration {iteration} gave a "
-            f"non-finite {what} ({count} of {vector.size} values, the first {vector[first]!r} "
-            f"at index {first}; step length {step!r}): the weights overflow float32; lower "
-            "[swarm] step_length, or check the experts with `swarmq experts check`"
         )
 
 
