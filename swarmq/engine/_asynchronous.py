@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from swarmq.engine._common import (
@@ -58,6 +58,7 @@ __all__ = [
     "apply_recorded_in_txn",
     "is_asynchronous",
     "send_follow_ups",
+    "unapplied",
 ]
 
 ASYNCHRONOUS = "asynchronous"
@@ -341,6 +342,25 @@ def _move(
     )
 
 
+def unapplied(search_id: str) -> Select[int, int]:
+    """(iteration, particle) of each recorded dev result of a search not applied yet."""
+    return (
+        select(EvaluationRow.iteration, EvaluationRow.particle)
+        .outerjoin(
+            ApplicationRow,
+            (ApplicationRow.search_id == EvaluationRow.search_id)
+            & (ApplicationRow.iteration == EvaluationRow.iteration)
+            & (ApplicationRow.particle == EvaluationRow.particle),
+        )
+        .where(
+            EvaluationRow.search_id == search_id,
+            EvaluationRow.split == "dev",
+            EvaluationRow.status == "done",
+            ApplicationRow.seq.is_(None),
+        )
+    )
+
+
 def apply_pending(rt: Runtime, search_id: str) -> list[FollowUp]:
     """Apply every recorded dev evaluation of an asynchronous search that is not applied yet
     (results recorded while the search was cancelled or failed), oldest first, and send what
@@ -350,20 +370,9 @@ def apply_pending(rt: Runtime, search_id: str) -> list[FollowUp]:
         if search.status != "running":
             return []
         done = s.execute(
-            select(EvaluationRow.iteration, EvaluationRow.particle)
-            .outerjoin(
-                ApplicationRow,
-                (ApplicationRow.search_id == EvaluationRow.search_id)
-                & (ApplicationRow.iteration == EvaluationRow.iteration)
-                & (ApplicationRow.particle == EvaluationRow.particle),
+            unapplied(search_id).order_by(
+                EvaluationRow.finished_at, EvaluationRow.iteration, EvaluationRow.particle
             )
-            .where(
-                EvaluationRow.search_id == search_id,
-                EvaluationRow.split == "dev",
-                EvaluationRow.status == "done",
-                ApplicationRow.seq.is_(None),
-            )
-            .order_by(EvaluationRow.finished_at, EvaluationRow.iteration, EvaluationRow.particle)
         ).all()
         follow = apply_recorded_in_txn(s, rt, search, [(int(t), int(p)) for t, p in done])
     send_follow_ups(rt, search_id, follow)

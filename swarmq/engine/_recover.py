@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from swarmq.engine._asynchronous import is_asynchronous
+from swarmq.engine._asynchronous import is_asynchronous, unapplied
 from swarmq.engine._common import search_in_txn
 from swarmq.engine._runtime import Runtime
 from swarmq.errors import SwarmqError
-from swarmq.storage import ApplicationRow, Database, EvaluationRow, IterationRow, utcnow
+from swarmq.storage import Database, EvaluationRow, IterationRow, utcnow
 
 __all__ = [
     "Work",
@@ -151,25 +151,7 @@ def pending_work(rt: Runtime, search_id: str) -> list[Work]:
 
 def _unapplied(s: Session, search_id: str) -> bool:
     """Whether an asynchronous search has a recorded dev result that is not applied."""
-    return (
-        s.scalar(
-            select(EvaluationRow.id)
-            .outerjoin(
-                ApplicationRow,
-                (ApplicationRow.search_id == EvaluationRow.search_id)
-                & (ApplicationRow.iteration == EvaluationRow.iteration)
-                & (ApplicationRow.particle == EvaluationRow.particle),
-            )
-            .where(
-                EvaluationRow.search_id == search_id,
-                EvaluationRow.split == "dev",
-                EvaluationRow.status == "done",
-                ApplicationRow.seq.is_(None),
-            )
-            .limit(1)
-        )
-        is not None
-    )
+    return s.execute(unapplied(search_id).limit(1)).first() is not None
 
 
 def send_work(rt: Runtime, work: list[Work]) -> None:
